@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Launcher: .env, git sync + self-restart, dependency check, config, bout supervisor.
+
+Standard library only (python-dotenv when importable): it must run on a fresh machine
+before the requirements are installed. See `python run.py --help` and the README.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
+BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
+SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
+TRAINING_MODULES = ("utils", "models", "envs", "train", "evaluate")
+ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+GIT_TIMEOUT = 120
+
+
+class BadInput(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+def say(msg: str) -> None:
+    print(f"[run.py] {msg}", flush=True)
+
+
+def warn(msg: str) -> None:
+    print(f"[run.py] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- .env
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
+
+
+def parse_env_text(text: str) -> dict[str, str]:
+    """Parse .env text with python-dotenv's rules for quotes and comments.
+
+    `KEY=value  # comment`, `KEY="quoted # not a comment"`, `KEY='single'`, `export KEY=v`;
+    double quotes understand backslash escapes and may span lines; a `#` starts a comment
+    only at the start of a line or after whitespace in an unquoted value.
+    """
+    values: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _ENV_LINE.match(lines[i])
+        i += 1
+        if not m:
+            continue
+        key, rest = m.group(1), m.group(2)
+        if rest[:1] in ("'", '"'):
+            quote = rest[0]
+            body = rest[1:]
+            # a double-quoted value may continue over several lines
+            while _closing_quote(body, quote) < 0 and i < len(lines):
+                body += "\n" + lines[i]
+                i += 1
+            end = _closing_quote(body, quote)
+            value = body[:end] if end >= 0 else body
+            if quote == '"':
+                value = re.sub(r'\\([\\"\'nrt])', lambda mm: {"n": "\n", "r": "\r", "t": "\t"}.get(mm.group(1), mm.group(1)), value)
+        else:
+            value = re.split(r"\s+#", rest, maxsplit=1)[0].strip()
+            if value.startswith("#"):
+                value = ""
+        values[key] = value
+    return values
+
+
+def _closing_quote(body: str, quote: str) -> int:
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if body[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
+def load_env(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        from dotenv import dotenv_values  # type: ignore
+    except ImportError:
+        return parse_env_text(path.read_text(encoding="utf-8"))
+    return {k: (v or "") for k, v in dotenv_values(path).items()}
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials from a URL so it can be printed."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+
+
+# --------------------------------------------------------------------------- git sync
+def resolve_remote(link: str, base: Path) -> str:
+    """`owner/repo` -> its GitHub URL; a URL stays as it is; anything else is a local path."""
+    link = link.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", link) or re.match(r"^[\w.-]+@[\w.-]+:", link):
+        return link
+    candidate = Path(link).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    if not candidate.exists() and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", link):
+        name = link[:-4] if link.endswith(".git") else link
+        return f"https://github.com/{name}.git"
+    return str(candidate.resolve())
+
+
+def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
+        raise RuntimeError(redact_url((fatal or lines or [f"git {args[0]} failed"])[0]))
+    return proc
+
+
+def file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def head_commit(cwd: Path = ROOT) -> str | None:
+    proc = git("rev-parse", "--verify", "-q", "HEAD", cwd=cwd, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def sync_code(link: str, branch: str, interpreter: str) -> bool:
+    """Bring ROOT to the newest commit of the remote. Returns True when files changed.
+
+    Failures are reported in one line and leave the local code as it was.
+    """
+    if shutil.which("git") is None:
+        warn("code sync skipped: the git command is not installed")
+        return False
+    url = resolve_remote(link, ROOT)
+    shown = redact_url(url)
+    try:
+        if not branch:
+            branch = remote_default_branch(url)
+        if not (ROOT / ".git").exists():
+            git("init", "-q", "-b", branch)
+            say(f"{ROOT} is not a git checkout; turning it into a checkout of {shown} (your files are kept)")
+        remotes = git("remote").stdout.split()
+        git("remote", "set-url" if SYNC_REMOTE in remotes else "add", SYNC_REMOTE, url)
+        git("fetch", "-q", "--no-tags", SYNC_REMOTE, f"+refs/heads/{branch}:refs/remotes/{SYNC_REMOTE}/{branch}")
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        reason = "timed out" if isinstance(e, subprocess.TimeoutExpired) else str(e)
+        warn(f"code sync failed ({shown}{' ' + branch if branch else ''}): {reason}; carrying on with the local code")
+        return False
+
+    target = git("rev-parse", f"refs/remotes/{SYNC_REMOTE}/{branch}").stdout.strip()
+    old = head_commit()
+    if old == target:
+        say(f"code is up to date with {shown} {branch} ({target[:8]})")
+        return False
+    # Hard reset moves tracked files only: untracked and ignored files (conf.json, .env, runs/) stay.
+    git("reset", "-q", "--hard", target)
+    if git("symbolic-ref", "-q", "HEAD", check=False).returncode == 0:
+        git("branch", "-q", f"--set-upstream-to={SYNC_REMOTE}/{branch}", check=False)
+    say(f"synced code from {shown} {branch}: {old[:8] if old else 'nothing'} -> {target[:8]}")
+
+    problem = smoke_import(interpreter)
+    if problem:
+        if old:
+            git("reset", "-q", "--hard", old)
+            warn(f"synced code {target[:8]} fails to import ({problem}); rolled back to {old[:8]}")
+        else:
+            warn(f"synced code {target[:8]} fails to import ({problem}); no earlier commit to roll back to")
+        return old is None
+    return True
+
+
+def remote_default_branch(url: str) -> str:
+    out = git("ls-remote", "--symref", url, "HEAD").stdout
+    m = re.search(r"^ref: refs/heads/(\S+)\s+HEAD", out, re.M)
+    if not m:
+        raise RuntimeError("the remote has no default branch; set code_base_branch in .env")
+    return m.group(1)
+
+
+_SMOKE = r"""
+import importlib, os, sys, traceback
+sys.path.insert(0, os.getcwd())
+local = {f[:-3] for f in os.listdir('.') if f.endswith('.py')}
+for name in sys.argv[1:]:
+    if name not in local:
+        continue
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split('.')[0] in local:
+            print(f'{name}.py: {e}'); sys.exit(1)
+        # a requirement that is not installed yet is the dependency check's job; the syntax is checked below
+        import py_compile
+        try:
+            py_compile.compile(name + '.py', doraise=True, cfile=os.devnull)
+        except py_compile.PyCompileError as c:
+            print(f'{name}.py: ' + str(c.exc_value).splitlines()[0]); sys.exit(1)
+    except BaseException as e:
+        tb = traceback.extract_tb(e.__traceback__)
+        where = next((f'{os.path.basename(f.filename)}:{f.lineno}' for f in reversed(tb) if f.filename.startswith(os.getcwd())), name + '.py')
+        if isinstance(e, SyntaxError):
+            where = f'{os.path.basename(e.filename or name)}:{e.lineno}'
+        print(f'{where}: {type(e).__name__}: {e}'.splitlines()[0]); sys.exit(1)
+"""
+
+
+def smoke_import(interpreter: str) -> str | None:
+    """Import the training modules in a child interpreter; return the problem or None."""
+    try:
+        proc = subprocess.run([interpreter, "-c", _SMOKE, *TRAINING_MODULES], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    except subprocess.TimeoutExpired:
+        return "importing the training modules took over 300 s"
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    return lines[-1] if lines else f"import failed with exit code {proc.returncode}"
+
+
+# --------------------------------------------------------------------------- dependencies
+_DEPCHECK = r"""
+import sys, json, importlib.metadata as md
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    try:
+        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:
+        Requirement = None
+missing = []
+
+def installed(req_text, seen):
+    if Requirement is None:
+        import re
+        name = re.split(r'[\s\[<>=!~;@]', req_text, maxsplit=1)[0]
+        try:
+            md.version(name); return True
+        except md.PackageNotFoundError:
+            return False
+    req = Requirement(req_text)
+    if req.marker is not None and not req.marker.evaluate():
+        return True
+    key = (req.name.lower(), tuple(sorted(req.extras)))
+    if key in seen:
+        return True
+    seen.add(key)
+    try:
+        dist = md.distribution(req.name)
+    except md.PackageNotFoundError:
+        return False
+    if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
+        return False
+    for extra in req.extras:
+        for sub in dist.requires or []:
+            r = Requirement(sub)
+            if r.marker is not None and r.marker.evaluate({'extra': extra}) and not installed(sub.split(';')[0], seen):
+                return False
+    return True
+
+for line in sys.stdin.read().splitlines():
+    line = line.split(' #')[0].strip()
+    if not line or line.startswith(('#', '-')):
+        continue
+    if not installed(line, set()):
+        missing.append(line)
+print(json.dumps(missing))
+"""
+
+
+def missing_requirements(interpreter: str, requirements: Path) -> list[str]:
+    text = requirements.read_text(encoding="utf-8")
+    proc = subprocess.run([interpreter, "-c", _DEPCHECK], input=text, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"could not check requirements with {interpreter}: "
+                           f"{(proc.stderr.strip().splitlines() or ['unknown error'])[-1]}")
+    return json.loads(proc.stdout)
+
+
+def ensure_requirements(interpreter: str, requirements: Path) -> None:
+    if not requirements.is_file():
+        return
+    missing = missing_requirements(interpreter, requirements)
+    if not missing:
+        return
+    say(f"installing requirements ({len(missing)} missing: {', '.join(m.split('@')[0].strip() for m in missing)}) "
+        f"with {interpreter} -m pip")
+    proc = subprocess.run([interpreter, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)],
+                          cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install -r {requirements.name} failed (exit {proc.returncode}); see pip's output above")
+
+
+def training_interpreter(env: dict[str, str]) -> str:
+    value = env.get("python_venv_path", "").strip()
+    if not value:
+        return sys.executable
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = ROOT / path
+    if path.is_dir():
+        for cand in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "bin" / "python3"):
+            if cand.is_file():
+                return str(cand)
+        raise BadInput(f"python_venv_path in .env: {value} is a folder without bin/python; point it at a venv or an interpreter")
+    if not path.is_file():
+        raise BadInput(f"python_venv_path in .env: {value} does not exist; point it at a venv or a Python interpreter, or remove it")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- config
+def resolve_config(args: argparse.Namespace):
+    sys.path.insert(0, str(ROOT))
+    import utils  # after the sync, so the newest schema is used
+
+    try:
+        return _resolve_config(utils, args)
+    except utils.ConfigError as e:
+        raise BadInput(str(e)) from None
+
+
+def _resolve_config(utils, args: argparse.Namespace):
+    if args.forceconfig:
+        raw = utils.parse_json(args.config, "--config")
+        if not isinstance(raw, dict):
+            raise utils.ConfigError("--config must be a JSON object of keys")
+    else:
+        conf = ROOT / "conf.json"
+        if not conf.exists():
+            example = ROOT / "conf.json.example"
+            if not example.exists():
+                raise utils.ConfigError("conf.json is missing and there is no conf.json.example to copy; create conf.json")
+            shutil.copyfile(example, conf)
+            say("conf.json was missing: copied conf.json.example to conf.json (edit it to change the run)")
+        raw = utils.parse_json(conf.read_text(encoding="utf-8"), "conf.json")
+        if not isinstance(raw, dict):
+            raise utils.ConfigError("conf.json must be a JSON object of keys")
+    if args.forcenewrun:
+        raw["continue_run"] = False
+    return utils, utils.load_config(raw)
+
+
+def check_hub_settings(cfg, env: dict[str, str]) -> None:
+    if not cfg.upload_to_cloud:
+        return
+    missing = [k for k in ("repo_ID", "huggingface_write", "session_name") if not env.get(k, "").strip()]
+    if missing:
+        raise BadInput(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env "
+                       "or set upload_to_cloud to false")
+
+
+# --------------------------------------------------------------------------- bouts
+class Supervisor:
+    """Runs the training script in bouts until the run is finished or the time is up."""
+
+    def __init__(self, cmd_base: list[str], config_path: Path, run_dir: Path, cfg, env: dict[str, str],
+                 write_config, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float):
+        self.cmd_base = cmd_base
+        self.config_path = config_path
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.env = env
+        self.write_config = write_config  # write_config(continue_run) writes the resolved config for the child
+        self.restart_delay = restart_delay
+        self.max_crashes = max_crashes
+        self.kill_grace = kill_grace
+        self.quick_crash = quick_crash
+        self.child: subprocess.Popen | None = None
+        self.stopping: int | None = None  # the signal that asked us to stop
+
+    def _on_signal(self, signum, _frame):
+        self.stopping = signum
+        if self.child and self.child.poll() is None:
+            try:
+                self.child.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def _status(self) -> dict:
+        try:
+            data = json.loads((self.run_dir / "status.json").read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _wait(self, limit: float) -> int:
+        """Wait for the child; past `limit` s terminate it, then kill it after the grace period."""
+        assert self.child is not None
+        deadline = time.monotonic() + limit
+        terminated_at = None
+        while True:
+            try:
+                return self.child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if self.stopping is not None and terminated_at is None:
+                terminated_at = now  # the signal was forwarded; give the child the grace period
+                deadline = now
+            if now >= deadline and terminated_at is None:
+                warn(f"bout overran its budget by {self.kill_grace:.0f} s; sending SIGTERM")
+                self.child.terminate()
+                terminated_at = now
+            elif terminated_at is not None and now - terminated_at > self.kill_grace:
+                warn("training script did not exit after SIGTERM; killing it")
+                self.child.kill()
+                return self.child.wait()
+
+    def run(self) -> int:
+        start = time.monotonic()
+        total = self.cfg.train_max_time
+        quick_crashes = 0
+        bout = 0
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.stopping is None:
+                left = total - (time.monotonic() - start)
+                if left < 1:
+                    say(f"train_max_time of {total:.0f} s reached; stopping")
+                    return 0
+                bout += 1
+                budget = min(self.cfg.max_run_time, left)
+                cmd = [*self.cmd_base, "--config", str(self.config_path)]
+                # the first bout starts anew when asked to; every later bout continues the run
+                new_run = bout == 1 and not self.cfg.continue_run
+                self.write_config(continue_run=not new_run)
+                if new_run:
+                    cmd.append("--new-run")
+                env = dict(self.env, PYTHONUNBUFFERED="1", **{BOUT_SECONDS_ENV: f"{budget:.3f}"})
+                say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
+                    f"({left:.0f} s of train_max_time left)")
+                t0 = time.monotonic()
+                self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+                if self.stopping is not None:  # a signal arrived between the loop test and Popen
+                    self.child.send_signal(self.stopping)
+                rc = self._wait(budget + self.kill_grace)
+                ran = time.monotonic() - t0
+                status = self._status()
+                if self.stopping is not None:
+                    say(f"stopped by {signal.Signals(self.stopping).name}; training script exited with {rc}")
+                    return 0 if rc == 0 else 1
+                if status.get("finished"):
+                    say(f"run finished: {status.get('reason', 'no reason given')}")
+                    return 0
+                if rc == 0:
+                    quick_crashes = 0
+                    if not (self.run_dir / "status.json").exists() and Path(self.cmd_base[-1]).name != "train.py":
+                        say(f"{Path(self.cmd_base[-1]).name} exited 0 without a status.json; done")
+                        return 0
+                    continue
+                if rc == 2:
+                    warn("the training script rejected its input (exit 2); fix the problem above and start again")
+                    return 2
+                quick_crashes = quick_crashes + 1 if ran < self.quick_crash else 1
+                if quick_crashes >= self.max_crashes:
+                    warn(f"training script crashed {quick_crashes} times in a row, each within {self.quick_crash:.0f} s "
+                         f"(last exit code {rc}); stopping. See its output above.")
+                    return 1
+                delay = min(self.restart_delay * 2 ** (quick_crashes - 1), 600.0)
+                warn(f"training script crashed (exit {rc}) after {ran:.1f} s; restarting with continue_run "
+                     f"in {delay:g} s")
+                self._sleep(delay)
+            return 0
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while self.stopping is None and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run.py",
+        description="Launch (and keep alive) Double-DQN training: load .env, sync the code from code_base_link "
+                    "(restarting itself once if run.py changed), install missing requirements, resolve the config, "
+                    "then run train.py in bouts of at most max_run_time seconds until train_max_time has passed or "
+                    "the run is finished. A killed machine picks the run up on the next start.",
+        epilog="Examples:\n  python run.py                      train with conf.json (copied from conf.json.example if missing)\n"
+               "  python run.py --forcenewrun        start the run from scratch\n"
+               "  python run.py --forceconfig --config '{\"architecture\": \"ann\"}'\n"
+               "  python run.py evaluate.py          run another script in bouts instead of train.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script", nargs="?", default="train.py",
+                   help="script to run instead of train.py (called with --config PATH [--new-run])")
+    p.add_argument("--forcenewrun", action="store_true",
+                   help="make the first bout start a new run whatever continue_run says")
+    p.add_argument("--forceconfig", action="store_true", help="ignore conf.json and use --config instead")
+    p.add_argument("--config", metavar="JSON", help="the whole config as a JSON object (needs --forceconfig)")
+    p.add_argument("--no-sync", action="store_true", help="skip the git sync even if code_base_link is set")
+    p.add_argument("--restart-delay", type=float, default=10.0, metavar="S",
+                   help="first back-off after a crashed bout, doubled per crash in a row (default 10)")
+    p.add_argument("--max-crashes", type=int, default=3, metavar="N",
+                   help="stop after N quick crashes in a row (default 3)")
+    p.add_argument("--quick-crash", type=float, default=120.0, metavar="S",
+                   help="a bout that crashes within S seconds counts as a quick crash (default 120)")
+    p.add_argument("--kill-grace", type=float, default=60.0, metavar="S",
+                   help="seconds a bout may overrun (or take to stop after a signal) before it is killed (default 60)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+
+    def parse_error(message: str):
+        raise BadInput(f"{message} (see python run.py --help)")
+
+    parser.error = parse_error  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+        if args.forceconfig != (args.config is not None):
+            raise BadInput("--forceconfig and --config go together: use --forceconfig --config '<json>'")
+        if args.max_crashes < 1 or args.restart_delay < 0 or args.kill_grace < 0 or args.quick_crash < 0:
+            raise BadInput("--max-crashes must be >= 1 and the time options >= 0")
+
+        env = load_env(ROOT / ".env")
+        interpreter = training_interpreter(env)
+        link = env.get("code_base_link", "").strip()
+        if link and link != "." and not args.no_sync:
+            before = file_digest(ROOT / "run.py")
+            sync_code(link, env.get("code_base_branch", "").strip(), interpreter)
+            if file_digest(ROOT / "run.py") != before:
+                if os.environ.get(REEXEC_GUARD):
+                    warn("run.py changed again after a restart; not restarting twice")
+                else:
+                    say("run.py changed upstream; restarting the launcher once with the new version")
+                    os.environ[REEXEC_GUARD] = "1"
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os.execv(sys.executable, [sys.executable, str(ROOT / "run.py"), *argv])
+
+        script = Path(args.script)
+        if not script.is_absolute():
+            script = (Path.cwd() / script) if (Path.cwd() / script).exists() else ROOT / script
+        if not script.is_file():
+            raise BadInput(f"script {args.script} does not exist")
+
+        try:
+            ensure_requirements(interpreter, ROOT / "requirements.txt")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            warn(f"dependency check: {e}")
+            return 1
+
+        utils, cfg = resolve_config(args)
+        check_hub_settings(cfg, env)
+        run_dir = cfg.run_dir(ROOT)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / "config.json"
+
+        def write_config(continue_run: bool) -> None:
+            utils.atomic_write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
+
+        say(f"run {cfg.run_name}: {cfg.architecture} on {cfg.env_id}, "
+            f"{'new run' if not cfg.continue_run else 'continue if possible'}, folder {run_dir}")
+        child_env = {**{k: v for k, v in env.items() if v is not None}, **os.environ}
+        for k, v in ALLOCATOR_DEFAULTS.items():
+            child_env.setdefault(k, v)
+        child_env.pop(REEXEC_GUARD, None)
+        sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
+                         write_config=write_config, restart_delay=args.restart_delay,
+                         max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash)
+        return sup.run()
+    except BadInput as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""utils.load_config: defaults, types, ranges, unknown keys, contradictions; the example and README agree with it."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import utils
+from utils import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+ORIGINAL_KEYS = ["name", "continue_run", "agents", "hidden_layers", "learning_rate", "decay", "batch", "gamma",
+                 "extra_info", "max_run_time", "stop_learning_at_win_percent", "train_max_time", "upload_to_cloud",
+                 "local_backup", "architecture", "snn_tSteps", "snn_beta", "debug"]
+FIXED_NEW_KEYS = ["env_id", "seed", "total_steps", "max_episodes", "replay_size", "learning_starts",
+                  "checkpoint_every", "runs_dir", "device", "frame_skip", "frame_stack", "win_threshold", "snn_mode"]
+
+
+def test_contract_keys_exist_with_documented_defaults():
+    cfg = load_config()
+    for key in ORIGINAL_KEYS + FIXED_NEW_KEYS:
+        assert key in utils.SCHEMA, key
+    assert cfg.env_id == "CarRacing-v3" and cfg.runs_dir == "runs" and cfg.device == "auto"
+    assert cfg.snn_mode == "hybrid" and cfg.win_threshold == 900 and cfg.total_steps == 0 and cfg.max_episodes == 0
+
+
+def test_example_matches_schema_key_for_key():
+    example = json.loads((REPO / "conf.json.example").read_text())
+    assert list(example) == list(utils.SCHEMA)
+    load_config(REPO / "conf.json.example")  # and it is valid
+
+
+def test_readme_documents_every_config_and_env_key():
+    readme = (REPO / "README.md").read_text()
+    for key in utils.SCHEMA:
+        assert re.search(rf"^\| `{re.escape(key)}` \|", readme, re.M), f"README lacks a table row for {key}"
+    env_keys = re.findall(r"^([A-Za-z_]+)=", (REPO / ".env.example").read_text(), re.M)
+    assert {"session_name", "huggingface_read", "huggingface_write", "repo_ID", "code_base_link",
+            "python_venv_path"} <= set(env_keys)
+    for key in env_keys:
+        assert re.search(rf"^\| `{key}` \|", readme, re.M), f"README lacks a table row for .env key {key}"
+
+
+def test_path_and_dict_give_the_same_config(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"batch": 32, "architecture": "ann"}))
+    assert load_config(p) == load_config({"batch": 32, "architecture": "ann"})
+
+
+def test_ints_are_accepted_for_floats_and_integral_floats_for_ints():
+    cfg = load_config({"learning_rate": 1, "batch": 32.0, "max_run_time": 60})
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.batch == 32 and isinstance(cfg.batch, int)
+
+
+def test_clear_attribute_names_map_the_seed_spellings():
+    cfg = load_config({"snn_tSteps": 7, "snn_beta": 0.5, "batch": 16, "decay": 0.9, "agents": 2})
+    assert (cfg.time_steps, cfg.beta, cfg.batch_size, cfg.epsilon_decay, cfg.num_envs) == (7, 0.5, 16, 0.9, 2)
+
+
+def test_run_name_and_dir():
+    cfg = load_config({"name": "car", "extra_info": "t25"})
+    assert cfg.run_name == "car-t25"
+    assert cfg.run_dir("/base") == Path("/base/runs/car-t25")
+    assert load_config({"name": "car"}).run_name == "car"
+
+
+def test_replace_revalidates():
+    cfg = load_config()
+    assert cfg.replace(batch=8).batch == 8
+    with pytest.raises(ConfigError):
+        cfg.replace(batch=0)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"snn_tstep": 5}, "unknown config key 'snn_tstep'; did you mean 'snn_tSteps'?"),
+    ({"Batch": 5}, "did you mean 'batch'?"),
+    ({"zzz": 5}, "unknown config key 'zzz'"),
+    ({"batch": "64"}, "'batch' must be an integer"),
+    ({"batch": 1.5}, "'batch' must be an integer"),
+    ({"continue_run": 1}, "'continue_run' must be true or false"),
+    ({"learning_rate": "fast"}, "'learning_rate' must be a number"),
+    ({"learning_rate": 0}, "'learning_rate' must be > 0"),
+    ({"gamma": -0.1}, "'gamma' must be >= 0"),
+    ({"stop_learning_at_win_percent": 101}, "'stop_learning_at_win_percent' must be <= 100"),
+    ({"snn_beta": 1.5}, "'snn_beta' must be <= 1"),
+    ({"snn_tSteps": 0}, "'snn_tSteps' must be >= 1"),
+    ({"architecture": "cnn"}, "'architecture' must be one of"),
+    ({"device": "gpu"}, "'device' must be one of"),
+    ({"snn_mode": "ful"}, "did you mean 'full'?"),
+    ({"hidden_layers": []}, "'hidden_layers' must be a non-empty list"),
+    ({"hidden_layers": [64, "x"]}, "'hidden_layers' must be a list of integers"),
+    ({"hidden_layers": [64, 0]}, "'hidden_layers' must be a non-empty list of positive widths"),
+    ({"obs_crop": [0, 1]}, "'obs_crop' must have exactly 4 entries"),
+    ({"name": "a b/c"}, "'name' has an invalid value"),
+    ({"epsilon_start": 0.1, "epsilon_min": 0.2}, "contradict"),
+    ({"batch": 128, "replay_size": 64}, "contradict"),
+    ({"upload_to_cloud": False, "local_backup": False}, "both false"),
+])
+def test_bad_values_name_the_key_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_json_gives_line_and_column(tmp_path):
+    p = tmp_path / "conf.json"
+    p.write_text('{\n  "batch": 32,\n  "gamma": ,\n}')
+    with pytest.raises(ConfigError, match=r"not valid JSON: .* at line 3 column 12"):
+        load_config(p)
+
+
+def test_missing_file_and_non_object(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.json")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        load_config(tmp_path / "list.json")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "sub" / "x.json"
+    utils.atomic_write_json(target, {"a": 1})
+    utils.atomic_write_json(target, {"a": 2})
+    assert utils.read_json(target) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_status_round_trip(tmp_path):
+    assert utils.read_status(tmp_path) == {}
+    utils.write_status(tmp_path, True, "total_steps reached", global_step=10)
+    assert utils.read_status(tmp_path) == {"finished": True, "reason": "total_steps reached", "global_step": 10}
+
+
+def test_kv_line_quotes_values_with_spaces():
+    assert utils.kv_line("episode", n=3, ret=1.23456, msg="a b") == 'episode n=3 ret=1.235 msg="a b"'

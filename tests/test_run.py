@@ -1,0 +1,414 @@
+"""run.py: git sync against local bare repos, self-restart, bad input, dependency check and the bout supervisor.
+
+Every test drives the real launcher as a child process in a throw-away project folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A stand-in training script: records each bout, then acts as `mode.txt` (in the project) says.
+STANDIN = textwrap.dedent('''
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+
+    def main():
+        cfg_path = Path(sys.argv[sys.argv.index("--config") + 1])
+        cfg = json.loads(cfg_path.read_text())
+        run_dir = cfg_path.parent
+        log = run_dir / "bouts.jsonl"
+        n = sum(1 for _ in log.open()) + 1 if log.exists() else 1
+        with log.open("a") as f:
+            f.write(json.dumps({"bout": n, "t": time.time(), "new_run": "--new-run" in sys.argv,
+                                "continue_run": cfg["continue_run"],
+                                "budget": float(os.environ["SNNDQN_BOUT_SECONDS"]),
+                                "malloc": os.environ.get("MALLOC_MMAP_MAX_")}) + "\\n")
+        mode = Path("mode.txt").read_text().strip() if Path("mode.txt").exists() else "finish"
+
+        def finish(reason):
+            (run_dir / "status.json").write_text(json.dumps({"finished": True, "reason": reason}))
+
+        if mode == "finish":
+            finish("budget")
+        elif mode == "crash":
+            sys.exit(1)
+        elif mode.startswith("crash-then-finish"):
+            if n <= int(mode.split(":")[1]):
+                sys.exit(1)
+            finish("after crashes")
+        elif mode == "use-budget":
+            time.sleep(float(os.environ["SNNDQN_BOUT_SECONDS"]))
+        elif mode == "wait-signal":
+            def handler(signum, frame):
+                (run_dir / "signal.txt").write_text(signal.Signals(signum).name)
+                sys.exit(0)
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+            (run_dir / "started.txt").write_text("yes")
+            time.sleep(60)
+        print("standin bout", n, "done", flush=True)
+
+
+    if __name__ == "__main__":
+        main()
+''')
+
+TINY = {"train_max_time": 60, "max_run_time": 30}
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                                   GIT_COMMITTER_EMAIL="t@t")).stdout.strip()
+
+
+def write_project(folder: Path) -> None:
+    """The files a project needs to launch, with the stand-in as train.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("run.py", "utils.py", "conf.json.example", ".gitignore"):
+        shutil.copy(REPO / name, folder / name)
+    (folder / "train.py").write_text(STANDIN)
+    (folder / "requirements.txt").write_text("pytest\n")
+
+
+def launch(cwd: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def forced(**keys) -> list[str]:
+    return ["--forceconfig", "--config", json.dumps({**TINY, **keys})]
+
+
+@pytest.fixture
+def remote_and_checkout(tmp_path):
+    """A bare repo standing in for GitHub, a developer clone to push from, and the studio's checkout."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    dev = tmp_path / "dev"
+    write_project(dev)
+    git(dev, "init", "-q", "-b", "main")
+    git(dev, "add", "-A")
+    git(dev, "commit", "-q", "-m", "initial")
+    git(dev, "remote", "add", "origin", str(remote))
+    git(dev, "push", "-q", "origin", "main")
+    studio = tmp_path / "studio"
+    git(tmp_path, "clone", "-q", str(remote), str(studio))
+    (studio / ".env").write_text(f"code_base_link={remote}\nsession_name=s1\n")
+    (studio / "conf.json").write_text(json.dumps(TINY))
+    (studio / "runs" / "old").mkdir(parents=True)
+    (studio / "runs" / "old" / "data.bin").write_bytes(b"precious")
+    return remote, dev, studio
+
+
+def push(dev: Path, files: dict[str, str], message: str = "change") -> str:
+    for name, text in files.items():
+        (dev / name).write_text(text)
+    git(dev, "add", "-A")
+    git(dev, "commit", "-q", "-m", message)
+    git(dev, "push", "-q", "origin", "main")
+    return git(dev, "rev-parse", "HEAD")
+
+
+def assert_user_files_intact(studio: Path) -> None:
+    assert json.loads((studio / "conf.json").read_text()) == TINY
+    assert "code_base_link" in (studio / ".env").read_text()
+    assert (studio / "runs" / "old" / "data.bin").read_bytes() == b"precious"
+
+
+# --------------------------------------------------------------------------- sync
+def test_new_commit_is_fetched_and_user_files_survive(remote_and_checkout):
+    _, dev, studio = remote_and_checkout
+    head = push(dev, {"NEWFILE.txt": "from upstream\n"})
+    out = launch(studio)
+    assert out.returncode == 0, out.stderr
+    assert (studio / "NEWFILE.txt").read_text() == "from upstream\n"
+    assert git(studio, "rev-parse", "HEAD") == head
+    assert "synced code from" in out.stdout
+    assert_user_files_intact(studio)
+    # nothing new upstream: one line says so and training still starts
+    again = launch(studio)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_changed_runpy_is_reexecuted_exactly_once(remote_and_checkout):
+    _, dev, studio = remote_and_checkout
+    new_run = (dev / "run.py").read_text().replace(
+        "def main(argv: list[str] | None = None) -> int:\n",
+        "def main(argv: list[str] | None = None) -> int:\n    print('NEW-LAUNCHER-VERSION', flush=True)\n", 1)
+    assert new_run != (dev / "run.py").read_text()
+    push(dev, {"run.py": new_run})
+    out = launch(studio, "--restart-delay", "0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("restarting the launcher once") == 1
+    assert out.stdout.count("NEW-LAUNCHER-VERSION") == 1
+    assert out.stdout.count("standin bout 1 done") == 1
+    assert_user_files_intact(studio)
+
+
+def test_unreachable_remote_still_trains(remote_and_checkout, tmp_path):
+    _, _, studio = remote_and_checkout
+    for link in ("http://127.0.0.1:9/nothing.git", str(tmp_path / "no-such-repo")):
+        (studio / ".env").write_text(f"code_base_link={link}\n")
+        out = launch(studio)
+        assert out.returncode == 0, out.stderr
+        assert "code sync failed" in out.stderr and "carrying on with the local code" in out.stderr
+        assert "fatal:" in out.stderr  # git's own reason is shown
+        assert re.search(r"standin bout \d+ done", out.stdout)
+
+
+def test_credentials_in_remote_url_are_not_printed(remote_and_checkout):
+    _, _, studio = remote_and_checkout
+    (studio / ".env").write_text("code_base_link=http://user:s3cr3t-token@127.0.0.1:9/x.git\n")
+    out = launch(studio)
+    assert out.returncode == 0
+    assert "s3cr3t-token" not in out.stdout + out.stderr
+
+
+def test_syntax_error_upstream_is_rolled_back(remote_and_checkout):
+    _, dev, studio = remote_and_checkout
+    good = git(studio, "rev-parse", "HEAD")
+    push(dev, {"train.py": STANDIN + "\ndef broken(:\n"})
+    out = launch(studio)
+    assert out.returncode == 0, out.stderr
+    assert "rolled back to " + good[:8] in out.stderr
+    assert git(studio, "rev-parse", "HEAD") == good
+    assert "standin bout 1 done" in out.stdout  # the previous code trained
+    assert_user_files_intact(studio)
+
+
+def test_plain_folder_becomes_a_checkout_without_losing_files(remote_and_checkout, tmp_path):
+    remote, dev, _ = remote_and_checkout
+    head = push(dev, {"NEWFILE.txt": "upstream\n"})
+    plain = tmp_path / "uploaded"
+    write_project(plain)  # an older copy uploaded by hand
+    (plain / "notes.txt").write_text("mine")
+    (plain / ".env").write_text(f"code_base_link={remote}\n")
+    (plain / "conf.json").write_text(json.dumps(TINY))
+    (plain / "runs" / "r").mkdir(parents=True)
+    (plain / "runs" / "r" / "ckpt.pt").write_bytes(b"weights")
+    out = launch(plain)
+    assert out.returncode == 0, out.stderr
+    assert git(plain, "rev-parse", "HEAD") == head
+    assert git(plain, "status", "--porcelain", "--untracked-files=no") == ""
+    assert (plain / "notes.txt").read_text() == "mine"
+    assert (plain / "runs" / "r" / "ckpt.pt").read_bytes() == b"weights"
+    assert (plain / "NEWFILE.txt").exists()
+    assert json.loads((plain / "conf.json").read_text()) == TINY
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.fixture
+def project(tmp_path):
+    folder = tmp_path / "proj"
+    write_project(folder)
+    return folder
+
+
+BAD_INPUTS = [
+    ("conf", '{"batch": 32,\n  "gamma": }', "line 2 column"),
+    ("conf", '{"lerning_rate": 0.001}', "did you mean 'learning_rate'"),
+    ("conf", '{"batch": "big"}', "'batch' must be an integer"),
+    ("conf", '{"gamma": 1.5}', "'gamma' must be <= 1"),
+    ("conf", '{"epsilon_start": 0.01, "epsilon_min": 0.5}', "contradict"),
+    ("conf", '[1, 2]', "must be a JSON object"),
+    ("args", ["--config", "{}"], "--forceconfig and --config go together"),
+    ("args", ["--forceconfig"], "--forceconfig and --config go together"),
+    ("args", ["--forceconfig", "--config", "{bad json"], "--config is not valid JSON"),
+    ("args", ["no_such_script.py"], "does not exist"),
+    ("args", ["--bogus-flag"], "unrecognized arguments"),
+    ("env", "python_venv_path=/no/such/python\n", "python_venv_path"),
+    ("env_conf", ("repo_ID=\n", '{"upload_to_cloud": true}'), "lacks repo_ID"),
+]
+
+
+@pytest.mark.parametrize("kind,value,expect", BAD_INPUTS, ids=[f"{k}-{e[:20]}" for k, _, e in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(project, kind, value, expect):
+    (project / "runs" / "keep").mkdir(parents=True)
+    (project / "runs" / "keep" / "metrics.csv").write_text("episode\n1\n")
+    args: list[str] = []
+    if kind == "conf":
+        (project / "conf.json").write_text(value)
+    elif kind == "args":
+        args = value
+    elif kind == "env":
+        (project / ".env").write_text(value)
+    elif kind == "env_conf":
+        (project / ".env").write_text(value[0])
+        (project / "conf.json").write_text(value[1])
+    out = launch(project, *args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert (project / "runs" / "keep" / "metrics.csv").read_text() == "episode\n1\n"
+
+
+def test_missing_conf_is_copied_from_example(project):
+    out = launch(project)
+    assert out.returncode == 0, out.stderr
+    assert (project / "conf.json").read_text() == (REPO / "conf.json.example").read_text()
+    assert "copied conf.json.example to conf.json" in out.stdout
+
+
+def test_resolved_config_is_written_to_run_folder_without_secrets(project):
+    (project / ".env").write_text("huggingface_write=hf_SECRETWRITE\nhuggingface_read=hf_SECRETREAD\n")
+    out = launch(project, *forced(name="cfgtest", extra_info="x1", batch=8))
+    assert out.returncode == 0, out.stderr
+    run_dir = project / "runs" / "cfgtest-x1"
+    written = json.loads((run_dir / "config.json").read_text())
+    assert written["batch"] == 8 and written["snn_tSteps"] == 25
+    everything = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file())
+    assert "SECRET" not in everything + out.stdout + out.stderr
+    assert not (project / "conf.json").exists()  # --forceconfig never touches conf.json
+
+
+# --------------------------------------------------------------------------- supervisor
+def bouts(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "bouts.jsonl").read_text().splitlines()]
+
+
+def test_crashed_bout_restarts_with_backoff_and_continues(project):
+    (project / "mode.txt").write_text("crash-then-finish:2")
+    out = launch(project, "--restart-delay", "0.3", "--max-crashes", "5", *forced(name="crashy", continue_run=False))
+    assert out.returncode == 0, out.stderr
+    b = bouts(project / "runs" / "crashy")
+    assert len(b) == 3
+    assert [x["new_run"] for x in b] == [True, False, False]
+    assert [x["continue_run"] for x in b] == [False, True, True]
+    assert b[1]["t"] - b[0]["t"] >= 0.3 and b[2]["t"] - b[1]["t"] >= 0.6  # back-off doubles
+    assert out.stderr.count("restarting with continue_run") == 2
+    assert "run finished: after crashes" in out.stdout
+
+
+def test_crash_loop_stops_with_exit_1(project):
+    (project / "mode.txt").write_text("crash")
+    out = launch(project, "--restart-delay", "0", *forced(name="loop"))
+    assert out.returncode == 1
+    assert "crashed 3 times in a row" in out.stderr and "See its output above" in out.stderr
+    assert len(bouts(project / "runs" / "loop")) == 3
+
+
+def test_finished_status_ends_the_launcher(project):
+    out = launch(project, *forced(name="done"))
+    assert out.returncode == 0
+    assert len(bouts(project / "runs" / "done")) == 1
+    assert "run finished: budget" in out.stdout
+    assert bouts(project / "runs" / "done")[0]["malloc"] == "0"  # allocator defaults reach the child
+
+
+def test_train_max_time_bounds_the_bouts(project):
+    (project / "mode.txt").write_text("use-budget")
+    t0 = time.monotonic()
+    out = launch(project, *forced(name="timed", train_max_time=2.5, max_run_time=1))
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    b = bouts(project / "runs" / "timed")
+    # bouts of at most max_run_time, together never beyond train_max_time
+    assert 2 <= len(b) <= 3 and b[0]["budget"] == 1
+    assert all(x["budget"] <= 1 for x in b) and sum(x["budget"] for x in b) <= 2.5
+    assert all(x["continue_run"] for x in b[1:])
+    assert re.search(r"train_max_time of \d s reached", out.stdout)
+    assert took < 30
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_reaches_child_and_no_new_bout_starts(project, sig):
+    (project / "mode.txt").write_text("wait-signal")
+    proc = subprocess.Popen([sys.executable, "run.py", *forced(name="sig")], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = project / "runs" / "sig"
+    deadline = time.time() + 60
+    while not (run_dir / "started.txt").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (run_dir / "signal.txt").read_text() == sig.name
+    assert len(bouts(run_dir)) == 1
+    assert f"stopped by {sig.name}" in out
+
+
+# --------------------------------------------------------------------------- dependencies
+def make_wheel(folder: Path, name: str = "snndqn_tinydep", version: str = "0.1") -> Path:
+    """A minimal pure-Python wheel built by hand, so pip installs it without any network."""
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 42\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{dist}/RECORD", record)
+    return wheel
+
+
+def test_dependency_check_installs_only_what_is_missing(project, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    wheel = make_wheel(tmp_path)
+    (project / "requirements.txt").write_text(f"pytest  # installed already\nsnndqn_tinydep @ {wheel.as_uri()}\n")
+    (project / ".env").write_text(f"python_venv_path={venv}\n")
+    out = launch(project, *forced(name="deps"))
+    assert out.returncode == 0, out.stderr
+    assert "installing requirements (1 missing: snndqn_tinydep)" in out.stdout
+    py = venv / "bin" / "python"
+    assert subprocess.run([str(py), "-c", "import snndqn_tinydep; print(snndqn_tinydep.VALUE)"],
+                          capture_output=True, text=True).stdout.strip() == "42"
+    again = launch(project, *forced(name="deps"))
+    assert again.returncode == 0 and "installing requirements" not in again.stdout
+
+
+def test_dependency_check_is_fast_when_nothing_is_missing():
+    sys.path.insert(0, str(REPO))
+    import run
+
+    t0 = time.perf_counter()
+    missing = run.missing_requirements(sys.executable, REPO / "requirements.txt")
+    assert missing == []
+    assert time.perf_counter() - t0 < 5  # generous bound; the README reports the measured ~0.1 s
+
+
+def test_env_parser_matches_dotenv_rules():
+    sys.path.insert(0, str(REPO))
+    import run
+
+    text = textwrap.dedent('''\
+        # comment
+        export A=1
+        B = two words  # trailing comment
+        C="quoted # not a comment"
+        D='single $x'
+        E="line1\\nline2"
+        F=
+        G=a#b
+        H="multi
+        line"
+    ''')
+    parsed = run.parse_env_text(text)
+    assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single $x",
+                      "E": "line1\nline2", "F": "", "G": "a#b", "H": "multi\nline"}
+    dotenv = pytest.importorskip("dotenv")
+    import io
+
+    assert {k: v or "" for k, v in dotenv.dotenv_values(stream=io.StringIO(text)).items()} == parsed
