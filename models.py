@@ -1,0 +1,281 @@
+"""Q-networks: a ReLU ANN and spiking networks built from snnTorch leaky integrate-and-fire neurons.
+
+`build_q_network(cfg, obs_shape, n_actions)` maps a batch of observations `[B, *obs_shape]` to
+Q-values `[B, n_actions]`. Image observations are channel-first `[C, H, W]` (uint8 or float);
+vector observations `[N]` go straight to the fully connected layers.
+
+Spiking forward pass (the fast path): direct input, the observation is the input current at every
+one of the T steps. Layer by layer over time: every stateless layer (conv/linear) runs once on a
+`[T*B, ...]` batch, the first spiking layer's current is computed once (the input is static), and
+only the neuron update loops over T. The arithmetic of the update is snnTorch's `Leaky` (reset by
+subtraction), so the result equals the step-by-step snnTorch loop (see tests/snn_reference.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import snntorch as snn
+import torch
+from snntorch import surrogate
+from torch import nn
+
+from utils import ConfigError
+
+THRESHOLD = 1.0  # firing threshold of every spiking neuron (snnTorch's default)
+
+SURROGATES = {  # snnTorch surrogate factories, with their default parameters
+    "atan": surrogate.atan,
+    "fast_sigmoid": surrogate.fast_sigmoid,
+    "sigmoid": surrogate.sigmoid,
+    "triangular": surrogate.triangular,
+}
+
+
+def _atan_grad(u, g, alpha=2.0):
+    return alpha / 2 / (1 + (math.pi / 2 * alpha * u).pow_(2)) * g
+
+
+def _fast_sigmoid_grad(u, g, slope=25):
+    return g / (slope * torch.abs(u) + 1.0) ** 2
+
+
+def _sigmoid_grad(u, g, slope=25):
+    e = torch.exp(-slope * u)
+    return g * slope * e / ((e + 1) ** 2)
+
+
+def _triangular_grad(u, g, threshold=1):
+    return torch.where(u >= 0, -(g * threshold), g * threshold)
+
+
+# The backward of each surrogate above, written as snnTorch writes it (same defaults).
+SURROGATE_GRADS = {"atan": _atan_grad, "fast_sigmoid": _fast_sigmoid_grad, "sigmoid": _sigmoid_grad,
+                   "triangular": _triangular_grad}
+
+
+class _LeakyOverTime(torch.autograd.Function):
+    """A layer of snnTorch Leaky neurons (reset by subtraction, threshold 1) run over T steps.
+
+    Forward: the recurrence without autograd, with snnTorch's arithmetic, so the spikes are the
+    ones the step-by-step loop produces. snnTorch detaches the reset signal, and the reset at step
+    t equals the spike of step t-1, so the membrane's gradient is the linear reverse recurrence
+    g[t] = dL/dspk[t] * surrogate'(mem[t] - 1) + beta * g[t+1]: the surrogate derivative is computed
+    once over [T, B, ...] and only two ops per step loop in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, currents, beta, steps, static, surrogate_name):
+        shape = currents.shape if static else currents.shape[1:]
+        mems = currents.new_empty((steps, *shape))
+        spikes = currents.new_empty((steps, *shape))
+        for t in range(steps):
+            cur = currents if static else currents[t]
+            if t == 0:
+                mems[0].copy_(cur)  # beta * 0 + cur - 0 * threshold
+            else:
+                # snnTorch: beta * mem + cur - reset * threshold, reset = spike of step t-1, threshold 1
+                torch.mul(beta, mems[t - 1], out=mems[t]).add_(cur).sub_(spikes[t - 1])
+            # mem > 1 is exactly snnTorch's (mem - 1) > 0 in floating point (Sterbenz: mem - 1 is exact near 1)
+            torch.gt(mems[t], THRESHOLD, out=spikes[t])  # 1.0 / 0.0 written in place
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(mems, beta)
+        ctx.static = static
+        ctx.surrogate_name = surrogate_name
+        return spikes  # [T, B, ...]
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        mems, beta = ctx.saved_tensors
+        grad = SURROGATE_GRADS[ctx.surrogate_name](mems - THRESHOLD, grad_spikes)  # dL/dmem from the spikes
+        for t in range(grad.shape[0] - 2, -1, -1):
+            torch.addcmul(grad[t], grad[t + 1], beta, out=grad[t])  # + beta * dL/dmem[t+1]
+        # the membrane's gradient is the current's (each step's current enters its membrane with weight 1)
+        return (grad.sum(0) if ctx.static else grad), None, None, None, None
+
+
+# Nature-DQN encoder: (out_channels, kernel, stride) per convolution.
+CONV_SPEC = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def conv_output_shape(obs_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Shape `[C, H, W]` after the encoder; ConfigError when the image is too small."""
+    _, h, w = obs_shape
+    for _, kernel, stride in CONV_SPEC:
+        h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+        if h < 1 or w < 1:
+            raise ConfigError(f"observation {obs_shape[1]}x{obs_shape[2]} is too small for the convolutional encoder "
+                              "(it needs at least 36x36 pixels); raise obs_size or reduce obs_crop")
+    return CONV_SPEC[-1][0], h, w
+
+
+def _convs(in_channels: int) -> list[nn.Conv2d]:
+    layers, c = [], in_channels
+    for out, kernel, stride in CONV_SPEC:
+        layers.append(nn.Conv2d(c, out, kernel, stride))
+        c = out
+    return layers
+
+
+def _to_float(obs: torch.Tensor) -> torch.Tensor:
+    # uint8 frames are scaled here so the replay can keep them as bytes
+    return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float()
+
+
+class ANNQNetwork(nn.Module):
+    """Conv encoder (image input) + ReLU MLP."""
+
+    def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int]):
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        layers: list[nn.Module] = []
+        if len(obs_shape) == 3:
+            c, h, w = conv_output_shape(obs_shape)
+            for conv in _convs(obs_shape[0]):
+                layers += [conv, nn.ReLU()]
+            layers.append(nn.Flatten())
+            width = c * h * w
+        else:
+            width = int(obs_shape[0])
+        for hidden in hidden_layers:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, n_actions))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(_to_float(obs))
+
+
+class SpikingQNetwork(nn.Module):
+    """Spiking Q-network: `hybrid` (ANN conv encoder + spiking FC) or `full` (every layer spiking).
+
+    `stages` is a list of (stateless layer, snn.Leaky) pairs run in order; the last pair is the
+    output layer, a non-resetting leaky integrator whose membrane potential is read out as Q.
+    """
+
+    def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int], time_steps: int,
+                 beta: float, mode: str = "hybrid", readout: str = "mean", surrogate_name: str = "atan"):
+        super().__init__()
+        if readout not in ("mean", "last", "max"):
+            raise ConfigError(f"snn_readout must be mean, last or max, got {readout!r}")
+        self.obs_shape = tuple(obs_shape)
+        self.time_steps = int(time_steps)
+        self.readout = readout
+        self.mode = mode
+        spike_grad = SURROGATES[surrogate_name]()
+        self.surrogate_name = surrogate_name
+
+        def lif(**kw) -> snn.Leaky:
+            return snn.Leaky(beta=beta, threshold=THRESHOLD, spike_grad=spike_grad, **kw)
+
+        self.encoder: nn.Module | None = None
+        layers: list[nn.Module] = []
+        lifs: list[nn.Module] = []
+        if len(obs_shape) == 3:
+            c, h, w = conv_output_shape(obs_shape)
+            width = c * h * w
+            if mode == "full":
+                layers += _convs(obs_shape[0])
+                lifs += [lif() for _ in CONV_SPEC]
+            else:
+                convs = _convs(obs_shape[0])
+                self.encoder = nn.Sequential(convs[0], nn.ReLU(), convs[1], nn.ReLU(), convs[2], nn.ReLU(),
+                                             nn.Flatten())
+        else:
+            width = int(obs_shape[0])
+        for i, hidden in enumerate(hidden_layers):
+            linear = nn.Linear(width, hidden)
+            # in full mode the first linear layer reads the flattened spikes of the last convolution
+            layers.append(nn.Sequential(nn.Flatten(), linear) if (i == 0 and mode == "full" and layers) else linear)
+            lifs.append(lif())
+            width = hidden
+        layers.append(nn.Linear(width, n_actions))
+        lifs.append(lif(reset_mechanism="none"))
+        self.layers = nn.ModuleList(layers)
+        self.lifs = nn.ModuleList(lifs)
+        self.record_firing = False  # opt-in spike statistics (see firing_rates)
+        self.firing_rates: dict[str, torch.Tensor] = {}
+
+    def layer_names(self) -> list[str]:
+        return [f"spike{i}" for i in range(len(self.layers) - 1)]
+
+    def _spiking_loop(self, lif: snn.Leaky, currents: torch.Tensor, steps: int, static: bool) -> torch.Tensor:
+        """Spikes `[T, B, ...]` of one layer, state starting at zero; `currents` is `[B, ...]` reused
+        at every step (static) or `[T, B, ...]`."""
+        return _LeakyOverTime.apply(currents, lif.beta.clamp(0, 1), steps, static, self.surrogate_name)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = _to_float(obs)
+        if self.encoder is not None:
+            x = self.encoder(x)  # [B, F]: static, so computed once
+        steps = self.time_steps
+        batch = x.shape[0]
+        record = self.record_firing
+        rates = {}
+        spk = None
+        for i, (layer, lif) in enumerate(zip(self.layers[:-1], self.lifs[:-1])):
+            if spk is None:
+                spk = self._spiking_loop(lif, layer(x), steps, static=True)  # the current is computed once
+            else:
+                cur = layer(spk.flatten(0, 1)).unflatten(0, (steps, batch))  # one batched call over [T*B, ...]
+                spk = self._spiking_loop(lif, cur, steps, static=False)  # [T, B, ...]
+            if record:
+                rates[f"spike{i}"] = spk.detach().mean()
+        out_layer, out_lif = self.layers[-1], self.lifs[-1]
+        cur = out_layer(spk.flatten(0, 1)).unflatten(0, (steps, batch))  # [T, B, A]
+        beta = out_lif.beta.clamp(0, 1)
+        mems = []
+        mem = None
+        for cur_t in cur.unbind(0):
+            mem = cur_t if mem is None else beta * mem + cur_t  # non-resetting integrator from zero
+            mems.append(mem)
+        if record:
+            self.firing_rates = rates
+        if self.readout == "last":
+            return mem
+        mem_rec = torch.stack(mems)  # [T, B, A]
+        return mem_rec.mean(0) if self.readout == "mean" else mem_rec.max(0).values
+
+
+def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
+    """The Q-network the config asks for, on the CPU (the caller moves it)."""
+    obs_shape = tuple(int(s) for s in obs_shape)
+    if len(obs_shape) not in (1, 3):
+        raise ConfigError(f"observation shape {obs_shape} is neither a vector [N] nor a channel-first image [C, H, W]")
+    if cfg.architecture == "ann":
+        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers)
+    return SpikingQNetwork(obs_shape, n_actions, cfg.hidden_layers, cfg.snn_tSteps, cfg.snn_beta, cfg.snn_mode,
+                           cfg.snn_readout, cfg.snn_surrogate)
+
+
+class record_firing_rates:
+    """`with record_firing_rates(net) as rates: net(obs)` fills `rates` with per-layer firing rates.
+
+    Off by default, so a normal forward pays nothing for it; an ANN gives an empty dict.
+    """
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.rates: dict[str, float] = {}
+
+    def __enter__(self) -> dict[str, float]:
+        if isinstance(self.net, SpikingQNetwork):
+            self.net.record_firing = True
+            self.net.firing_rates = {}
+        return self.rates
+
+    def __exit__(self, *exc) -> None:
+        if isinstance(self.net, SpikingQNetwork):
+            self.net.record_firing = False
+            self.rates.update({k: float(v) for k, v in self.net.firing_rates.items()})
+            self.net.firing_rates = {}

@@ -1,0 +1,148 @@
+"""models.py: shapes, gradients, fast spiking path == naive snnTorch loop, state isolation, round trips."""
+import copy
+
+import pytest
+import torch
+
+import models
+from snn_reference import naive_forward
+from utils import ConfigError, load_config
+
+IMAGE = (4, 40, 40)  # the smallest comfortable size for the Nature encoder (needs >= 36)
+VECTOR = (8,)
+
+
+def cfg(**kw):
+    return load_config({"hidden_layers": [32, 16], "snn_tSteps": 5, **kw})
+
+
+def net_for(obs_shape, n_actions=3, seed=0, **kw):
+    torch.manual_seed(seed)
+    return models.build_q_network(cfg(**kw), obs_shape, n_actions)
+
+
+def lively(net, gain=3.0):
+    """Scale the weights so that every spiking layer fires (the equivalence must cover resets)."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("weight"):
+                p.mul_(gain)
+    return net
+
+
+def batch(obs_shape, b=3, uint8=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if len(obs_shape) == 3 and uint8:
+        return torch.randint(0, 256, (b, *obs_shape), generator=g, dtype=torch.uint8)
+    return torch.randn((b, *obs_shape), generator=g) * 2
+
+
+ARCHS = [{"architecture": "ann"}, {"architecture": "snn", "snn_mode": "hybrid"},
+         {"architecture": "snn", "snn_mode": "full"}]
+ARCH_IDS = ["ann", "hybrid", "full"]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+@pytest.mark.parametrize("obs_shape", [IMAGE, VECTOR], ids=["image", "vector"])
+def test_shapes_dtypes_finite_and_gradient_reaches_first_layer(arch, obs_shape):
+    net = net_for(obs_shape, **arch)
+    obs = batch(obs_shape)
+    q = net(obs)
+    assert q.shape == (3, 3) and q.dtype == torch.float32 and torch.isfinite(q).all()
+    q.sum().backward()
+    first = next(p for p in net.parameters() if p.dim() > 1)
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_uint8_is_scaled_inside_the_network(arch):
+    net = net_for(IMAGE, **arch)
+    obs = batch(IMAGE)
+    assert torch.equal(net(obs), net(obs.float() / 255.0))
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "full"])
+@pytest.mark.parametrize("obs_shape", [IMAGE, VECTOR], ids=["conv", "mlp"])
+@pytest.mark.parametrize("beta", [0.5, 0.95])
+@pytest.mark.parametrize("steps", [1, 5, 25])
+# T=1 cannot fire at all in deeper layers (one step of input), so only the first layer is checked there
+def test_fast_path_equals_naive_snntorch_loop(mode, obs_shape, beta, steps):
+    net = lively(net_for(obs_shape, architecture="snn", snn_mode=mode, snn_tSteps=steps, snn_beta=beta))
+    obs = batch(obs_shape, uint8=False)
+    with models.record_firing_rates(net) as rates:
+        q_fast = net(obs)
+    checked = rates.values() if steps > 1 else [rates["spike0"]]
+    assert all(0 < r < 1 for r in checked), rates  # every layer fires, none saturates
+    grads_fast = torch.autograd.grad(q_fast.square().sum(), list(net.parameters()))
+    q_naive = naive_forward(net, obs)
+    grads_naive = torch.autograd.grad(q_naive.square().sum(), list(net.parameters()))
+    assert torch.equal(q_fast, q_naive), (q_fast - q_naive).abs().max()
+    for (name, _), gf, gn in zip(net.named_parameters(), grads_fast, grads_naive):
+        scale = gn.abs().max().item()
+        torch.testing.assert_close(gf, gn, rtol=1e-4, atol=1e-5 * max(scale, 1e-12), msg=name)
+
+
+@pytest.mark.parametrize("readout", ["mean", "last", "max"])
+def test_every_readout_matches_reference(readout):
+    net = lively(net_for(VECTOR, architecture="snn", snn_readout=readout, snn_tSteps=7))
+    obs = batch(VECTOR)
+    assert torch.equal(net(obs), naive_forward(net, obs))
+
+
+def test_firing_rates_are_opt_in():
+    net = net_for(VECTOR, architecture="snn")
+    net(batch(VECTOR))
+    assert net.firing_rates == {} and net.record_firing is False
+    with models.record_firing_rates(net) as rates:
+        net(batch(VECTOR) * 3)
+    assert list(rates) == net.layer_names() == ["spike0", "spike1"]
+    assert all(isinstance(v, float) for v in rates.values())
+    assert net.record_firing is False
+    ann = net_for(VECTOR, architecture="ann")
+    with models.record_firing_rates(ann) as rates:
+        ann(batch(VECTOR))
+    assert rates == {}
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_state_is_reset_every_forward_and_never_shared(arch):
+    online = net_for(IMAGE, **arch)
+    target = copy.deepcopy(online)
+    a, b = batch(IMAGE, seed=1), batch(IMAGE, seed=2)
+    qa, qb = online(a), target(b)
+    # interleaving calls on two networks, or repeating one, changes nothing
+    for _ in range(2):
+        assert torch.equal(target(b), qb)
+        assert torch.equal(online(a), qa)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_state_dict_round_trip(arch, tmp_path):
+    net = net_for(IMAGE, **arch)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    fresh = net_for(IMAGE, seed=123, **arch)
+    obs = batch(IMAGE)
+    assert not torch.equal(fresh(obs), net(obs))
+    fresh.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    assert torch.equal(fresh(obs), net(obs))
+
+
+def test_impossible_shapes_are_config_errors():
+    with pytest.raises(ConfigError, match="too small for the convolutional encoder"):
+        models.build_q_network(cfg(), (4, 30, 30), 5)
+    with pytest.raises(ConfigError, match="neither a vector"):
+        models.build_q_network(cfg(), (4, 30), 5)
+
+
+def test_carracing_default_shapes():
+    net = models.build_q_network(load_config(), (4, 84, 84), 5)
+    assert net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 5)
+    assert models.conv_output_shape((4, 84, 84)) == (64, 7, 7)
+
+
+def test_resolve_device():
+    assert models.resolve_device("cpu").type == "cpu"
+    assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            models.resolve_device("cuda")
