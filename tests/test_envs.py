@@ -1,0 +1,307 @@
+"""envs.py: FastCarRacing is identical to stock CarRacing; frame skip, preprocessing, stacking, lenient
+termination, vector-env autoreset and make_env for other environments."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.envs.box2d.car_racing import PLAYFIELD, CarRacing
+
+import envs
+from utils import ConfigError, load_config
+
+
+# --------------------------------------------------------------------------- policies
+def random_policy(seed):
+    rng = np.random.default_rng(seed)
+    return lambda env: int(rng.integers(5))
+
+
+def track_follower(env, look=6):
+    """Steer towards a track point a few tiles ahead; keep a modest speed."""
+    u = env.unwrapped
+    cx, cy = u.car.hull.position
+    i = int(np.argmin([(t[2] - cx) ** 2 + (t[3] - cy) ** 2 for t in u.track]))
+    tx, ty = u.track[(i + look) % len(u.track)][2:4]
+    err = (math.atan2(ty - cy, tx - cx) - (u.car.hull.angle + math.pi / 2) + math.pi) % (2 * math.pi) - math.pi
+    speed = math.hypot(*u.car.hull.linearVelocity)
+    if err > 0.15:
+        return 2
+    if err < -0.15:
+        return 1
+    return 3 if speed < 35 else 0
+
+
+def teleport_near_edge(env):
+    """Move the car (hull and wheels together) close to the playfield's edge, facing out."""
+    u = env.unwrapped
+    dx = PLAYFIELD - 3 - u.car.hull.position[0]
+    for body in [u.car.hull] + [w for w in u.car.wheels]:
+        body.position = (body.position[0] + dx, body.position[1])
+        body.angle = -math.pi / 2
+    for w in u.car.wheels:
+        w.angle = -math.pi / 2
+
+
+def almost_complete_lap(env, missing=8):
+    """Mark every tile visited except the one `missing` tiles ahead of the start (the lap then ends
+    when the car reaches it: lap completion fires only when every tile is visited)."""
+    u = env.unwrapped
+    for tile in u.road:
+        tile.road_visited = True
+    u.road[missing].road_visited = False
+    u.tile_visited_count = len(u.track) - 1
+
+
+def rollout(env, policy, steps, setup=None, seed=0, repeat=None):
+    """Observations, rewards, flags and infos of an episode; `repeat` steps the stock env k frames
+    per agent step (the reference for frame skip)."""
+    obs, info = env.reset(seed=seed)
+    if setup:
+        setup(env)
+    frames = [obs.copy()]
+    rest = [info]
+    for _ in range(steps):
+        action = policy(env)
+        if repeat is None:
+            obs, r, term, trunc, info = env.step(action)
+        else:
+            r = 0.0
+            for _ in range(repeat):
+                obs, ri, term, trunc, info = env.step(action)
+                r += ri
+                if term or trunc:
+                    break
+        frames.append(obs.copy())
+        rest.append((r, term, trunc, info))
+        if term or trunc:
+            break
+    return frames, rest
+
+
+def assert_same(a, b):
+    frames_a, rest_a = a
+    frames_b, rest_b = b
+    assert len(frames_a) == len(frames_b)
+    for i, (x, y) in enumerate(zip(frames_a, frames_b)):
+        assert np.array_equal(x, y), f"observation {i} differs"
+    assert rest_a == rest_b
+
+
+# --------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_identical_to_stock_random_policy(seed):
+    make = lambda cls: cls(continuous=False)
+    assert_same(rollout(make(CarRacing), random_policy(seed), 120, seed=seed),
+                rollout(make(envs.FastCarRacing), random_policy(seed), 120, seed=seed))
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_identical_to_stock_track_follower(seed):
+    stock = rollout(CarRacing(continuous=False), track_follower, 250, seed=seed)
+    fast = rollout(envs.FastCarRacing(continuous=False), track_follower, 250, seed=seed)
+    assert_same(stock, fast)
+    assert sum(r for r, *_ in stock[1][1:]) > 50  # it really drove along the track, over many tiles
+
+
+def test_identical_driving_off_the_playfield():
+    gas = lambda env: 3
+    stock = rollout(CarRacing(continuous=False), gas, 200, setup=teleport_near_edge)
+    fast = rollout(envs.FastCarRacing(continuous=False), gas, 200, setup=teleport_near_edge)
+    assert_same(stock, fast)
+    r, term, trunc, info = fast[1][-1]
+    assert term and r == -100 and info == {"lap_finished": False}
+
+
+def test_identical_lap_completion():
+    stock = rollout(CarRacing(continuous=False), track_follower, 300, setup=almost_complete_lap)
+    fast = rollout(envs.FastCarRacing(continuous=False), track_follower, 300, setup=almost_complete_lap)
+    assert_same(stock, fast)
+    r, term, trunc, info = fast[1][-1]
+    assert term and info == {"lap_finished": True}
+
+
+def test_identical_rgb_array_render():
+    stock, fast = CarRacing(continuous=False, render_mode="rgb_array"), envs.FastCarRacing(
+        continuous=False, render_mode="rgb_array")
+    for env in (stock, fast):
+        env.reset(seed=5)
+        for _ in range(60):
+            env.step(3)
+    assert np.array_equal(stock.render(), fast.render())
+
+
+def test_identical_with_domain_randomize():
+    kw = dict(continuous=False, domain_randomize=True)
+    assert_same(rollout(CarRacing(**kw), random_policy(2), 80, seed=2),
+                rollout(envs.FastCarRacing(**kw), random_policy(2), 80, seed=2))
+
+
+def test_rotation_reproduces_pygame_exactly():
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        angle = float(rng.normal() * 4) if i % 2 else float(rng.integers(-9, 9)) * math.pi / 2 + float(rng.normal()) * 1e-7
+        x, y = float(rng.normal() * 500), float(rng.normal() * 500)
+        v = envs.pygame.math.Vector2(x, y).rotate_rad(angle)
+        assert envs.rotate(x, y, envs.rotation(angle)) == (v[0], v[1])
+
+
+def test_registered_with_gymnasium():
+    env = gym.make("FastCarRacing-v3", continuous=False)
+    assert isinstance(env.unwrapped, envs.FastCarRacing)
+    assert env.spec.max_episode_steps == 1000
+
+
+# --------------------------------------------------------------------------- frame skip
+def stock_timed():
+    return gym.make("CarRacing-v3", continuous=False)  # with its 1000-frame TimeLimit
+
+
+@pytest.mark.parametrize("skip", [2, 4])
+def test_frame_skip_equals_stock_repeat(skip):
+    fast = envs.FrameSkip(envs.FastCarRacing(continuous=False), skip, max_frames=1000)
+    assert_same(rollout(stock_timed(), track_follower, 60, seed=4, repeat=skip),
+                rollout(fast, track_follower, 60, seed=4))
+
+
+def test_frame_skip_episode_ending_inside_a_repeat():
+    # the car leaves the playfield on a frame that is not the last of its repeat
+    fast = envs.FrameSkip(envs.FastCarRacing(continuous=False), 4, max_frames=1000)
+    stock = rollout(stock_timed(), lambda e: 3, 100, setup=teleport_near_edge, repeat=4)
+    mine = rollout(fast, lambda e: 3, 100, setup=teleport_near_edge)
+    assert_same(stock, mine)
+    assert fast.frames % 4 != 0  # the episode really ended mid-repeat
+    assert mine[1][-1][1] is True
+
+
+def test_frame_skip_lap_completion_inside_a_repeat():
+    for missing in (8, 9, 10, 11):  # one of these ends mid-repeat
+        fast = envs.FrameSkip(envs.FastCarRacing(continuous=False), 4, max_frames=1000)
+        setup = lambda e, m=missing: almost_complete_lap(e, m)
+        assert_same(rollout(stock_timed(), track_follower, 200, setup=setup, repeat=4),
+                    rollout(fast, track_follower, 200, setup=setup))
+        if fast.frames % 4:
+            return
+    pytest.fail("no construction ended inside a repeat")
+
+
+def test_frame_skip_time_limit_truncates_on_the_frame():
+    fast = envs.FrameSkip(envs.FastCarRacing(continuous=False), 3, max_frames=1000)
+    fast.reset(seed=0)
+    steps = 0
+    while True:
+        _, _, term, trunc, _ = fast.step(0)
+        steps += 1
+        if term or trunc:
+            break
+    assert trunc and fast.frames == 1000 and steps == 334  # 333 repeats of 3, then one frame
+
+
+def test_frame_skip_generic_env_sums_rewards():
+    env = envs.FrameSkip(gym.make("CartPole-v1"), 3)
+    env.reset(seed=0)
+    _, r, *_ = env.step(0)
+    assert r == 3.0 and env.frames == 3
+
+
+# --------------------------------------------------------------------------- pipeline
+def test_make_env_carracing_shapes_and_stack_boundaries():
+    cfg = load_config({"frame_stack": 4, "obs_size": 84, "frame_skip": 4})
+    env = envs.make_env(cfg)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    assert env.observation_space.shape == (4, 84, 84)
+    # at reset the first frame fills the whole stack: no frame from another episode
+    assert all(np.array_equal(obs[0], obs[i]) for i in range(4))
+    frames = [obs[-1].copy()]
+    for _ in range(6):
+        obs, *_ = env.step(3)
+        frames.append(obs[-1].copy())
+        assert np.array_equal(obs, np.stack(([frames[0]] * 4 + frames)[-4:]))
+    env.reset(seed=1)
+    obs, *_ = env.step(0)
+    assert np.array_equal(obs[0], obs[2])  # older slots hold the new episode's first frame
+
+
+def test_preprocess_crop_gray_colour():
+    base = envs.FrameSkip(envs.FastCarRacing(continuous=False), 1)
+    gray = envs.Preprocess(base, 42, True, (0, 12, 0, 0))
+    obs, _ = gray.reset(seed=0)
+    assert obs.shape == (1, 42, 42) and obs.dtype == np.uint8
+    colour = envs.Preprocess(envs.FastCarRacing(continuous=False), 64, False, (0, 0, 0, 0))
+    obs, _ = colour.reset(seed=0)
+    assert obs.shape == (3, 64, 64)
+    with pytest.raises(ConfigError, match="obs_crop"):
+        envs.Preprocess(envs.FastCarRacing(continuous=False), 64, True, (50, 50, 0, 0))
+
+
+def test_same_seed_same_episode():
+    cfg = load_config({"seed": 3})
+    a, b = envs.make_env(cfg), envs.make_env(cfg)
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    assert np.array_equal(oa, ob)
+    for _ in range(10):
+        ra, rb = a.step(3), b.step(3)
+        assert np.array_equal(ra[0], rb[0]) and ra[1:] == rb[1:]
+    oc, _ = envs.make_env(cfg).reset(seed=4)
+    assert not np.array_equal(oa, oc)  # another seed, another track
+
+
+def test_lenient_termination_truncates_idle_episodes():
+    cfg = load_config({"lenient_termination": 5})
+    env = envs.make_env(cfg)
+    env.reset(seed=0)
+    for i in range(100):
+        _, r, term, trunc, info = env.step(0)  # standing still earns only the -0.1 penalties
+        if trunc:
+            break
+    # the start tiles pay out in the first steps; then 5 idle steps in a row end the episode
+    assert trunc and not term and info.get("lenient_termination") is True and i < 40
+    assert env.idle == 5
+    env.reset(seed=0)
+    assert env.idle == 0
+
+
+def test_lenient_termination_off_by_default():
+    env = envs.make_env(load_config())
+    assert not isinstance(env, envs.LenientTermination)
+
+
+@pytest.mark.parametrize("env_id,shape", [("CartPole-v1", (4,)), ("LunarLander-v3", (8,))])
+def test_make_env_vector_observations(env_id, shape):
+    env = envs.make_env(load_config({"env_id": env_id}))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == shape and obs.dtype == np.float32
+    obs, r, term, trunc, info = env.step(0)
+    assert obs.shape == shape
+
+
+@pytest.mark.parametrize("env_id,message", [("NoSuchEnv-v0", "cannot be made"),
+                                            ("Pendulum-v1", "DQN needs a discrete one")])
+def test_make_env_rejects_bad_env_ids(env_id, message):
+    with pytest.raises(ConfigError, match=message):
+        envs.make_env(load_config({"env_id": env_id}))
+
+
+@pytest.mark.parametrize("agents", [1, 2])
+def test_vector_env_autoreset_returns_reset_observation(agents):
+    cfg = load_config({"env_id": "CartPole-v1", "agents": agents})
+    vec = envs.make_vector_env(cfg)
+    try:
+        obs, _ = vec.reset(seed=0)
+        assert obs.shape == (agents, 4)
+        ended = np.zeros(agents, bool)
+        for _ in range(500):
+            obs, r, term, trunc, _ = vec.step(np.zeros(agents, dtype=np.int64))  # always left: falls fast
+            done = term | trunc
+            if done.any():
+                ended = done
+                break
+        assert ended.any()
+        # the step after the end is the autoreset: reset observation, reward 0, not a transition
+        obs2, r2, term2, trunc2, _ = vec.step(np.zeros(agents, dtype=np.int64))
+        assert np.all(r2[ended] == 0) and not (term2[ended] | trunc2[ended]).any()
+        assert np.all(np.abs(obs2[ended]) <= 0.05)  # CartPole resets into [-0.05, 0.05]
+    finally:
+        vec.close()
