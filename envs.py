@@ -96,6 +96,8 @@ class FastCarRacing(cr.CarRacing):
         if "t" not in self.__dict__:
             return  # reset() not called yet
         if self._canvas is None:
+            # (clipping away the rows the HUD later covers is not exact: SDL_gfx moves the end points
+            # of anti-aliased lines onto the clip rectangle, which changes their pixels)
             self._canvas = pygame.Surface((cr.WINDOW_W, cr.WINDOW_H))
         self.surf = self._canvas
 
@@ -136,6 +138,8 @@ class FastCarRacing(cr.CarRacing):
             road = np.array([[(p[0], p[1]) for p in poly] for poly, _ in self.road_poly],
                             dtype=np.float64).reshape(-1, 4, 2)
             self._poly_pts = np.concatenate([_GRASS, road])
+            self._poly_centre = self._poly_pts.mean(axis=1)  # [N, 2]
+            self._poly_radius = np.sqrt(((self._poly_pts - self._poly_centre[:, None]) ** 2).sum(-1)).max(1)
             # the colour arrays themselves: a tile's colour changes in place when the car touches it
             self._poly_colors = [None] * len(_GRASS) + [color for _, color in self.road_poly]
             self._road_key = key
@@ -156,7 +160,20 @@ class FastCarRacing(cr.CarRacing):
             gfxdraw.filled_polygon(self.surf, field, self.bg_color)
 
         pts, colors = self._polygons()
-        x, y = rotate(pts[..., 0], pts[..., 1], rot)  # [N, 4] each
+        # Pre-cull in world space: the window (plus the off-screen margin) lies inside a disc around
+        # the camera; a polygon wholly outside that disc cannot touch a pixel (SDL_gfx clips).
+        kind, sin_a, cos_a = rot
+        cx, cy = W / 2 - tx, H / 2 - ty  # window centre relative to the translation, on screen
+        if kind is None:  # rotate back by -angle
+            wx, wy = (cos_a * cx + sin_a * cy) / zoom, (-sin_a * cx + cos_a * cy) / zoom
+        else:
+            wx, wy = rotate(cx, cy, ((4 - kind) % 4, 0.0, 1.0))
+            wx, wy = wx / zoom, wy / zoom
+        reach = (math.hypot(W / 2, H / 2) + _OFFSCREEN_MARGIN + 2.0) / zoom
+        near = np.flatnonzero(np.hypot(self._poly_centre[:, 0] - wx, self._poly_centre[:, 1] - wy)
+                              <= reach + self._poly_radius)
+        pts = pts[near]
+        x, y = rotate(pts[..., 0], pts[..., 1], rot)  # [n, 4] each
         x = x * zoom + tx
         y = y * zoom + ty
         m = cr.MAX_SHAPE_DIM
@@ -169,7 +186,7 @@ class FastCarRacing(cr.CarRacing):
         idx = np.flatnonzero(visible)
         xs, ys = x[idx].tolist(), y[idx].tolist()
         grass = self.grass_color
-        for j, i in enumerate(idx.tolist()):
+        for j, i in enumerate(near[idx].tolist()):  # ascending: the stock drawing order
             poly = list(zip(xs[j], ys[j]))
             color = grass if colors[i] is None else [int(c) for c in colors[i]]
             gfxdraw.aapolygon(self.surf, poly, color)
@@ -177,16 +194,13 @@ class FastCarRacing(cr.CarRacing):
 
     # ------------------------------------------------------------------ stepping
     def _apply_action(self, action) -> None:
-        """The stock `step`'s action handling."""
+        """The stock `step`'s action handling (the action was validated by step_repeat)."""
         if self.continuous:
             action = action.astype(np.float64)
             self.car.steer(-action[0])
             self.car.gas(action[1])
             self.car.brake(action[2])
         else:
-            if not self.action_space.contains(action):
-                raise InvalidAction(f"you passed the invalid action `{action}`. "
-                                    f"The supported action_space is `{self.action_space}`")
             self.car.steer(-0.6 * (action == 1) + 0.6 * (action == 2))
             self.car.gas(0.2 * (action == 3))
             self.car.brake(0.8 * (action == 4))
@@ -200,6 +214,9 @@ class FastCarRacing(cr.CarRacing):
         `step` draws it (the score digits depend on that order).
         """
         assert self.car is not None
+        if not self.continuous and not self.action_space.contains(action):
+            raise InvalidAction(f"you passed the invalid action `{action}`. "
+                                f"The supported action_space is `{self.action_space}`")
         total = 0.0
         terminated = False
         info: dict = {}
