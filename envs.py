@@ -456,3 +456,59 @@ def make_vector_env(cfg) -> gym.vector.VectorEnv:
     if cfg.agents == 1:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     return gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+# ---------------------------------------------------------------------------- state and episodes
+_SKIP_KEYS = {"env", "_env", "spec", "_cached_spec", "metadata", "_metadata"}
+
+
+def _layers(env: gym.Env):
+    while True:
+        yield env
+        if not isinstance(env, gym.Wrapper):
+            return
+        env = env.env
+
+
+def snapshot_vector_env(vec) -> bytes | None:
+    """The full state of an in-process vector env (every wrapper and the base env), pickled, for
+    an exact resume mid-episode; None when it cannot be captured (Box2D worlds, worker processes)."""
+    import pickle
+
+    if not isinstance(vec, gym.vector.SyncVectorEnv):
+        return None
+    try:
+        chains = [[{k: v for k, v in layer.__dict__.items() if k not in _SKIP_KEYS} for layer in _layers(env)]
+                  for env in vec.envs]
+        own = {k: v for k, v in vec.__dict__.items() if k not in _SKIP_KEYS | {"envs", "env_fns"}}
+        return pickle.dumps((chains, own))
+    except Exception:  # e.g. Box2D objects cannot be pickled
+        return None
+
+
+def restore_vector_env(vec, blob: bytes) -> None:
+    import pickle
+
+    chains, own = pickle.loads(blob)
+    for env, chain in zip(vec.envs, chains):
+        for layer, state in zip(_layers(env), chain):
+            layer.__dict__.update(state)
+    vec.__dict__.update(own)
+
+
+def play_episode(env: gym.Env, act, seed: int | None = None, record=None, max_steps: int = 100_000):
+    """One episode with `act(obs) -> action`; returns (return, agent steps). `record(env, obs)` is
+    called after every step (for GIFs)."""
+    obs, _ = env.reset(seed=seed)
+    if record:
+        record(env, obs)
+    total, steps = 0.0, 0
+    while steps < max_steps:
+        obs, reward, terminated, truncated, _ = env.step(act(obs))
+        total += float(reward)
+        steps += 1
+        if record:
+            record(env, obs)
+        if terminated or truncated:
+            break
+    return total, steps

@@ -1,0 +1,190 @@
+"""train.py: determinism, exact resume, checkpoint fallback, signals, budgets, win rule, resume errors."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import utils
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, **keys):
+    cfg = {"name": "t", "runs_dir": str(tmp_path / "runs"), "env_id": "CartPole-v1", "architecture": "ann",
+           "hidden_layers": [16], "replay_size": 400, "learning_starts": 40, "batch": 16, "train_every": 1,
+           "target_update_every": 50, "total_steps": 300, "checkpoint_every": 1000, "eval_every": 0,
+           "learning_rate": 1e-3, "decay": 0.9, "max_run_time": 600, "train_max_time": 600, "snn_tSteps": 4}
+    cfg.update(keys)
+    path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def run_dir(cfg_path):
+    return utils.load_config(cfg_path).run_dir(REPO)
+
+
+def rows(cfg_path):
+    with open(run_dir(cfg_path) / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
+
+
+def final_weights(cfg_path):
+    _, ckpt = train.load_newest_checkpoint(run_dir(cfg_path) / "checkpoints")
+    return ckpt
+
+
+def test_same_seed_same_episodes(tmp_path):
+    a = tiny(tmp_path, name="a")
+    b = tiny(tmp_path, name="b")
+    assert train.main(["--config", str(a), "--new-run"]) == 0
+    assert train.main(["--config", str(b), "--new-run"]) == 0
+    assert rows(a) == rows(b) and len(rows(a)) > 5
+    wa, wb = final_weights(a)["q_network"], final_weights(b)["q_network"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = tiny(tmp_path, name="c", seed=1)
+    train.main(["--config", str(c), "--new-run"])
+    assert rows(c) != rows(a)
+
+
+@pytest.mark.parametrize("arch", [{"architecture": "ann"}, {"architecture": "snn"}], ids=["ann", "snn"])
+def test_straight_run_equals_stop_and_resume(tmp_path, arch):
+    straight = tiny(tmp_path, name="straight", total_steps=400, **arch)
+    assert train.main(["--config", str(straight), "--new-run"]) == 0
+    first = tiny(tmp_path, name="split", total_steps=173, **arch)  # stops mid-episode
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    assert utils.read_status(run_dir(first))["finished"] is True
+    second = tiny(tmp_path, name="split", total_steps=400, **arch)  # a larger budget: the run continues
+    assert train.main(["--config", str(second)]) == 0
+    a, b = final_weights(straight), final_weights(second)
+    assert a["counters"] == b["counters"]
+    for key in ("q_network", "target_network"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert rows(straight) == rows(second)
+
+
+def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys):
+    cfg = tiny(tmp_path, total_steps=200, checkpoint_every=3)
+    train.main(["--config", str(cfg), "--new-run"])
+    ckpts = sorted((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
+    assert len(ckpts) == 3  # keep_checkpoints
+    data = ckpts[-1].read_bytes()
+    ckpts[-1].write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    path, ckpt = train.load_newest_checkpoint(ckpts[0].parent)
+    assert path == ckpts[-2]
+    assert "cannot be loaded" in capsys.readouterr().out
+    more = tiny(tmp_path, total_steps=260, checkpoint_every=3)
+    assert train.main(["--config", str(more)]) == 0
+    assert final_weights(more)["counters"]["global_step"] == 260
+
+
+def test_shape_change_on_resume_is_a_config_error(tmp_path, capsys):
+    cfg = tiny(tmp_path, total_steps=100)
+    train.main(["--config", str(cfg), "--new-run"])
+    changed = tiny(tmp_path, total_steps=200, hidden_layers=[32])
+    capsys.readouterr()
+    assert train.main(["--config", str(changed)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hidden_layers" in err[0] and "--forcenewrun" in err[0]
+    # other changes apply and are listed in one line
+    lr = tiny(tmp_path, total_steps=200, learning_rate=5e-4, batch=8)
+    assert train.main(["--config", str(lr)]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("config changes on resume"))
+    assert "learning_rate: 0.001 -> 0.0005" in line and "batch: 16 -> 8" in line and "total_steps" in line
+
+
+def test_new_run_archives_the_previous_run(tmp_path):
+    cfg = tiny(tmp_path, total_steps=100)
+    train.main(["--config", str(cfg), "--new-run"])
+    train.main(["--config", str(cfg), "--new-run"])
+    archived = list((run_dir(cfg) / "archive").glob("*/metrics.csv"))
+    assert len(archived) == 1 and archived[0].stat().st_size > 0
+
+
+def test_budgets_and_status(tmp_path):
+    cfg = tiny(tmp_path, total_steps=0, max_episodes=7)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    status = utils.read_status(run_dir(cfg))
+    assert status["finished"] and "max_episodes 7" in status["reason"] and len(rows(cfg)) == 7
+
+
+def test_bout_budget_stops_without_finishing(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, total_steps=0)
+    monkeypatch.setenv(train.BOUT_SECONDS_ENV, "1.5")
+    t0 = time.monotonic()
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert time.monotonic() - t0 < 30
+    status = utils.read_status(run_dir(cfg))
+    assert status["finished"] is False and "bout time budget" in status["reason"]
+    assert list((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
+
+
+def test_win_rule_stops_learning_but_not_acting(tmp_path):
+    cfg = tiny(tmp_path, total_steps=600, win_threshold=15, stop_learning_at_win_percent=5, learning_starts=20)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = final_weights(cfg)
+    status = utils.read_status(run_dir(cfg))
+    assert ckpt["counters"]["learning_stopped"] is True and status["learning_stopped"] is True
+    assert ckpt["counters"]["global_step"] == 600  # it kept acting to the budget
+    assert ckpt["counters"]["updates"] < 600 - 20  # but stopped updating
+
+
+def test_two_agents_step_in_lockstep(tmp_path):
+    cfg = tiny(tmp_path, agents=2, total_steps=300)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = final_weights(cfg)
+    assert 300 <= ckpt["counters"]["global_step"] <= 301  # lockstep: at most agents-1 past the budget
+    r = rows(cfg)
+    assert sum(int(x["length"]) for x in r) <= 301 and len(r) > 5
+    # autoreset steps are not transitions: the replay holds exactly one per agent step
+    assert int(ckpt["replay"]["has_next"].sum()) == ckpt["counters"]["global_step"]
+
+
+def test_prioritized_replay_and_reward_clip_train(tmp_path):
+    cfg = tiny(tmp_path, prioritized_replay=True, reward_clip=0.5, save_replay=False)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert final_weights(cfg)["replay"] is None
+
+
+def test_sigterm_checkpoints_and_exits_within_seconds(tmp_path):
+    cfg = tiny(tmp_path, total_steps=0)
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--new-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    metrics = run_dir(cfg) / "metrics.csv"
+    deadline = time.time() + 60
+    while not (metrics.exists() and metrics.stat().st_size > 200):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.time() - t0 < 10
+    assert "interrupted by SIGTERM" in utils.read_status(run_dir(cfg))["reason"]
+    assert list((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
+
+
+def test_bad_config_exit_2(tmp_path, capsys):
+    p = tmp_path / "bad.json"
+    p.write_text('{"batch": "x"}')
+    assert train.main(["--config", str(p)]) == 2
+    assert "'batch' must be an integer" in capsys.readouterr().err
+
+
+def test_carracing_smoke(tmp_path):
+    cfg = tiny(tmp_path, env_id="CarRacing-v3", architecture="snn", total_steps=60, learning_starts=30,
+               replay_size=200, obs_size=40, obs_crop=[0, 0, 0, 0], batch=4, hidden_layers=[16])
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = final_weights(cfg)
+    assert ckpt["counters"]["global_step"] == 60 and ckpt["counters"]["updates"] > 0
+    assert ckpt["obs_shape"] == [4, 40, 40]
