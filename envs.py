@@ -10,8 +10,9 @@ action and renders only the sub-step whose observation is returned.
 from __future__ import annotations
 
 import math
-from collections import deque
+import os
 from functools import partial
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -512,3 +513,44 @@ def play_episode(env: gym.Env, act, seed: int | None = None, record=None, max_st
         if terminated or truncated:
             break
     return total, steps
+
+
+def record_gif(cfg, act, path, seed: int = 0, fps: int = 20, max_steps: int = 2_000) -> tuple[float, int]:
+    """Play one greedy episode and save it as an animated GIF: the agent's view (its newest
+    preprocessed frame) beside the full-resolution render. Returns (return, agent steps)."""
+    from PIL import Image
+
+    env = make_env(cfg, render_mode="rgb_array")
+    frames: list = []
+
+    def grab(env_, obs):
+        view = np.asarray(obs)
+        if view.ndim == 3:  # [C, H, W] stack: the newest frame (gray) or the newest 3 channels
+            view = view[-1] if cfg.obs_grayscale else view[-3:].transpose(1, 2, 0)
+        full = env_.render()
+        if full is None:
+            return
+        full_img = Image.fromarray(full)
+        h = full_img.height // 2
+        full_img = full_img.resize((full_img.width // 2, h))
+        if view.ndim >= 2:
+            agent = Image.fromarray(view.astype(np.uint8)).convert("RGB").resize((h, h), Image.NEAREST)
+            canvas = Image.new("RGB", (h + full_img.width, h))
+            canvas.paste(agent, (0, 0))
+            canvas.paste(full_img, (h, 0))
+        else:
+            canvas = full_img
+        frames.append(canvas.convert("P", palette=Image.ADAPTIVE))
+
+    try:
+        result = play_episode(env, act, seed=seed, record=grab, max_steps=max_steps)
+    finally:
+        env.close()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    # GIF stores durations in centiseconds: round to them so the timing stays exact
+    duration = 10 * max(1, round(100 / fps))
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    os.replace(tmp, path)
+    return result

@@ -123,7 +123,13 @@ class Trainer:
     # ------------------------------------------------------------------ acting and learning
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            q = self.q_network(torch.as_tensor(obs, device=self.device))
+            if self.cfg.debug and self.global_step % 1000 == 0:
+                with models.record_firing_rates(self.q_network) as rates:
+                    q = self.q_network(torch.as_tensor(obs, device=self.device))
+                for layer, rate in rates.items():
+                    self.metrics.scalar(f"debug/firing_rate_{layer}", rate, self.global_step)
+            else:
+                q = self.q_network(torch.as_tensor(obs, device=self.device))
         greedy = q.argmax(1).cpu().numpy()
         explore = self.rng.random(len(greedy)) < self.epsilon
         random_actions = self.rng.integers(0, self.n_actions, size=len(greedy))
@@ -186,6 +192,10 @@ class Trainer:
         eval_return = None
         if cfg.eval_every and self.episode % cfg.eval_every == 0:
             eval_return = self.evaluate(cfg.eval_episodes)
+        if cfg.record_every and self.episode % cfg.record_every == 0:
+            gif = self.run_dir / "videos" / f"episode_{self.episode:06d}.gif"
+            ret, _ = envs.record_gif(cfg.replace(lenient_termination=0), self.greedy, gif, seed=EVAL_SEED)
+            log(kv_line("recorded", path=f"videos/{gif.name}", greedy_return=round(ret, 2)))
         row = {"episode": self.episode, "global_step": self.global_step, "return": round(ret, 4),
                "length": int(self.episode_length[env]), "epsilon": round(self.epsilon, 6), "win": int(win),
                "loss": None if loss is None else round(loss, 6), "sps": round(sps, 2),
@@ -203,6 +213,9 @@ class Trainer:
             self.metrics.scalar("eval/episodic_return", eval_return, step)
         if cfg.debug:
             self.metrics.scalar("debug/replay_size", len(self.replay), step)
+            if self.episode % 50 == 1 and len(self.obs_shape) == 3 and self.metrics.writer is not None:
+                frames = np.asarray(self.obs[env])[:, None]  # [stack*C, 1, H, W]: a few observation frames
+                self.metrics.writer.add_images("debug/observation_frames", frames, step, dataformats="NCHW")
             for a, n in enumerate(self.action_counts):
                 self.metrics.scalar(f"debug/action_{a}_share", n / max(1, self.action_counts.sum()), step)
         self.episode_return[env] = 0.0
@@ -218,16 +231,15 @@ class Trainer:
         if self.episode % cfg.checkpoint_every == 0:
             self.save_checkpoint()
 
+    def greedy(self, obs) -> int:
+        with torch.no_grad():
+            return int(self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device)).argmax(1))
+
     def evaluate(self, episodes: int) -> float:
         """Mean return of greedy episodes on fixed seeds (the same tracks every evaluation)."""
         env = envs.make_env(self.cfg)
-
-        def greedy(obs):
-            with torch.no_grad():
-                return int(self.q_network(torch.as_tensor(obs[None], device=self.device)).argmax(1))
-
         try:
-            returns = [envs.play_episode(env, greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
+            returns = [envs.play_episode(env, self.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
         finally:
             env.close()
         self.last_eval = float(np.mean(returns))

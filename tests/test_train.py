@@ -188,3 +188,20 @@ def test_carracing_smoke(tmp_path):
     ckpt = final_weights(cfg)
     assert ckpt["counters"]["global_step"] == 60 and ckpt["counters"]["updates"] > 0
     assert ckpt["obs_shape"] == [4, 40, 40]
+
+
+def test_eval_gif_and_debug_extras(tmp_path):
+    cfg = tiny(tmp_path, architecture="snn", total_steps=250, eval_every=4, eval_episodes=1, record_every=8,
+               debug=True)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    r = rows(cfg)
+    evals = [x["eval_return"] for x in r]
+    assert all(v != "" for i, v in enumerate(evals, 1) if i % 4 == 0) and evals[0] == ""
+    assert list((run_dir(cfg) / "videos").glob("episode_*.gif"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir(cfg) / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"charts/episodic_return", "charts/SPS", "charts/epsilon", "losses/td_loss", "eval/episodic_return",
+            "debug/firing_rate_spike0", "debug/grad_norm"} <= tags

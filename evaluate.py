@@ -1,0 +1,294 @@
+"""Evaluate agents: an N-episode table on fixed seeds, baselines, GIFs, training-curve plots, play.
+
+    python evaluate.py --run runs/NAME [--run ...] [--checkpoint PATH ...] [--baseline random|pid ...]
+                       [--episodes 50] [--seed 0] [--gif out.gif] [--plot curves.png] [--play]
+
+Every method plays the same seeds (seed, seed+1, ...), so agents are judged on the same tracks.
+Episodes are the environment's full episodes: lenient termination, a training aid, is switched off
+unless --lenient is given. The table (method, average, max, min, std, win rate, mean length) is
+printed and written as evaluation.md and evaluation.csv into the run folder (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import envs
+import utils
+from utils import ConfigError
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Agent:
+    label: str
+    cfg: object  # utils.Config: the environment pipeline the agent was trained with
+    act: object  # obs -> action (the env is reachable through the closure where needed)
+    run_dir: Path | None = None
+    uses_env: bool = False  # act(obs, env) instead of act(obs)
+
+
+# --------------------------------------------------------------------------- agents
+def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Agent:
+    """A greedy agent from a training checkpoint or a shipped `pretrained/*.pt` file."""
+    import torch
+
+    import models
+
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}); is it a complete file?") from None
+    if not isinstance(ckpt, dict) or "q_network" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"{path} is not a checkpoint of this toolkit (no q_network/config)")
+    cfg = utils.load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
+    dev = models.resolve_device(cfg.device)
+    net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
+    try:
+        net.load_state_dict(ckpt["q_network"])
+    except RuntimeError:
+        raise ConfigError(f"checkpoint {path} does not match the {cfg.architecture} network its config describes "
+                          "(architecture or sizes differ)") from None
+    net.to(dev).eval()
+
+    def act(obs):
+        with torch.no_grad():
+            return int(net(torch.as_tensor(np.asarray(obs)[None], device=dev)).argmax(1))
+
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    name = label or (f"{cfg.architecture.upper()}-DDQN ({run_dir.name if run_dir else path.stem})")
+    return Agent(name, cfg, act, run_dir)
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    if not ckpts:
+        raise ConfigError(f"run {run_dir} has no checkpoint (looked for {run_dir / 'checkpoints' / 'ckpt_*.pt'})")
+    return ckpts[-1]
+
+
+def random_agent(cfg, seed: int) -> Agent:
+    rng = np.random.default_rng(seed)
+    n = 5 if envs.is_carracing(cfg.env_id) else None
+
+    def act(obs, env):
+        return int(rng.integers(n if n else env.action_space.n))
+
+    return Agent("random", cfg, act, uses_env=True)
+
+
+def pid_agent(cfg) -> Agent:
+    """A hand-written controller: steer towards a point of the track a few tiles ahead (PD on the
+    heading error), hold a target speed that drops in curves. It reads the track geometry and the
+    car's state from the environment, not the pixels."""
+    if not envs.is_carracing(cfg.env_id):
+        raise ConfigError("the pid baseline drives CarRacing only; use --baseline random for other environments")
+    state = {"prev_err": 0.0}
+
+    def act(obs, env):
+        u = env.unwrapped
+        if u.car is None:
+            return 0
+        cx, cy = u.car.hull.position
+        track = u.track
+        d2 = [(t[2] - cx) ** 2 + (t[3] - cy) ** 2 for t in track]
+        i = int(np.argmin(d2))
+        n = len(track)
+        tx, ty = track[(i + 6) % n][2:4]
+        heading = u.car.hull.angle + math.pi / 2
+        err = (math.atan2(ty - cy, tx - cx) - heading + math.pi) % (2 * math.pi) - math.pi
+        derr = err - state["prev_err"]
+        state["prev_err"] = err
+        steer = 1.2 * err + 0.8 * derr
+        # how sharply the track turns over the next tiles sets the target speed
+        far = track[(i + 12) % n][1] - track[i][1]
+        curve = abs((far + math.pi) % (2 * math.pi) - math.pi)
+        target = 80.0 - 65.0 * min(curve, 1.0)  # tuned by short runs: see bench notes in the README
+        speed = math.hypot(*u.car.hull.linearVelocity)
+        if steer > 0.1:
+            return 2  # left
+        if steer < -0.1:
+            return 1  # right
+        if speed > target + 8:
+            return 4  # brake
+        if speed < target:
+            return 3  # gas
+        return 0
+
+    return Agent("pid", cfg, act, uses_env=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progress=None) -> dict:
+    cfg = agent.cfg if lenient else agent.cfg.replace(lenient_termination=0)
+    env = envs.make_env(cfg)
+    returns, lengths = [], []
+    try:
+        for i in range(episodes):
+            policy = (lambda obs: agent.act(obs, env)) if agent.uses_env else agent.act
+            if agent.label == "pid":
+                policy = _pid_reset(agent, env)
+            ret, length = envs.play_episode(env, policy, seed=seed + i)
+            returns.append(ret)
+            lengths.append(length)
+            if progress is not None:
+                progress.update(1)
+    finally:
+        env.close()
+    r = np.array(returns)
+    return {"method": agent.label, "average": float(r.mean()), "max": float(r.max()), "min": float(r.min()),
+            "std": float(r.std()), "win_rate": float(np.mean(r >= cfg.win_threshold)),
+            "mean_length": float(np.mean(lengths)), "episodes": episodes, "returns": returns}
+
+
+def _pid_reset(agent: Agent, env):
+    fresh = pid_agent(agent.cfg)  # new derivative state per episode
+    return lambda obs: fresh.act(obs, env)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| method | average | max | min | std | win rate | mean length | episodes |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['average']:.2f} | {r['max']:.2f} | {r['min']:.2f} | {r['std']:.2f} | "
+                     f"{100 * r['win_rate']:.0f}% | {r['mean_length']:.1f} | {r['episodes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "evaluation.md"
+    utils.atomic_write_bytes(md, markdown_table(rows).encode())
+    path = out_dir / "evaluation.csv"
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "average", "max", "min", "std", "win_rate", "mean_length", "episodes", "returns"])
+    for r in rows:
+        w.writerow([r["method"], f"{r['average']:.4f}", f"{r['max']:.4f}", f"{r['min']:.4f}", f"{r['std']:.4f}",
+                    f"{r['win_rate']:.4f}", f"{r['mean_length']:.2f}", r["episodes"],
+                    " ".join(f"{x:.2f}" for x in r["returns"])])
+    utils.atomic_write_bytes(path, buf.getvalue().encode())
+    return md, path
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", default=[], metavar="DIR", help="run folder (its newest checkpoint)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
+                   help="checkpoint or pretrained/*.pt file")
+    p.add_argument("--baseline", action="append", default=[], choices=["random", "pid"], help="baseline method")
+    p.add_argument("--episodes", type=int, default=50, help="episodes per method (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
+    p.add_argument("--env-id", default=None, help="environment for baselines (default CarRacing-v3); checkpoints "
+                   "must have been trained on it")
+    p.add_argument("--lenient", action="store_true", help="keep the agents' lenient termination (off by default)")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for evaluation.md/.csv (default: the run folder)")
+    p.add_argument("--gif", metavar="PATH", help="record the first method's first episode as an animated GIF")
+    p.add_argument("--plot", metavar="PNG", help="training curves of the --run folders in one PNG")
+    p.add_argument("--play", action="store_true", help="watch the first agent drive in a window (needs a display)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-table", action="store_true", help="only --gif/--plot/--play, no evaluation episodes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+
+    def fail(message: str):
+        raise ConfigError(f"{message} (see python evaluate.py --help)")
+
+    parser.error = fail  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+        if args.episodes < 1:
+            raise ConfigError("--episodes must be at least 1")
+        if not (args.run or args.checkpoint or args.baseline):
+            raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
+        agents: list[Agent] = []
+        run_dirs = []
+        for run in args.run:
+            run_dir = Path(run)
+            if not run_dir.is_dir():
+                raise ConfigError(f"run folder {run_dir} does not exist")
+            run_dirs.append(run_dir)
+            agents.append(load_agent(newest_checkpoint(run_dir), args.device))
+        for ckpt in args.checkpoint:
+            agents.append(load_agent(Path(ckpt), args.device))
+        env_id = args.env_id or (agents[0].cfg.env_id if agents else "CarRacing-v3")
+        for agent in agents:
+            if agent.cfg.env_id != env_id and not (envs.is_carracing(agent.cfg.env_id) and envs.is_carracing(env_id)):
+                raise ConfigError(f"{agent.label} was trained on {agent.cfg.env_id}, not {env_id}")
+        base_cfg = agents[0].cfg if agents else utils.load_config({"env_id": env_id})
+        for name in args.baseline:
+            agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
+
+        if args.play:
+            return play(agents[0])
+        if args.plot:
+            if not run_dirs:
+                raise ConfigError("--plot needs at least one --run folder (it plots their metrics.csv)")
+            runs = {d.name: d / "metrics.csv" for d in run_dirs if (d / "metrics.csv").exists()}
+            print(f"plot: {utils.plot_runs(runs, args.plot, agents[0].cfg.win_threshold)}")
+        if args.gif:
+            first = agents[0]
+            act = (lambda obs: first.act(obs, None)) if first.uses_env and first.label != "pid" else first.act
+            if first.label == "pid":
+                raise ConfigError("--gif records a learned agent or the random baseline; put one first")
+            ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), act, args.gif, seed=args.seed)
+            print(f"gif: {args.gif} ({steps} steps, return {ret:.1f})")
+        if args.no_table:
+            return 0
+
+        from tqdm import tqdm
+
+        rows = []
+        total = args.episodes * len(agents)
+        with tqdm(total=total, unit="episode", disable=not sys.stderr.isatty()) as bar:
+            for agent in agents:
+                rows.append(evaluate_agent(agent, args.episodes, args.seed, args.lenient, bar))
+        table = markdown_table(rows)
+        print(table, end="")
+        out = Path(args.out) if args.out else (run_dirs[0] if len(run_dirs) == 1 else
+                                                (agents[0].run_dir or ROOT / "runs" / "evaluation"))
+        md, csv_path = write_table(rows, out)
+        print(f"written: {md} {csv_path}")
+        return 0
+    except ConfigError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def play(agent: Agent) -> int:
+    """Watch the agent in a window (pygame's human render mode)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("win32", "darwin")):
+        raise ConfigError("--play needs a display (none found: DISPLAY is not set); use --gif to record instead")
+    env = envs.make_env(agent.cfg.replace(lenient_termination=0), render_mode="human")
+    try:
+        policy = (lambda obs: agent.act(obs, env)) if agent.uses_env else agent.act
+        ret, steps = envs.play_episode(env, policy, seed=0)
+    finally:
+        env.close()
+    print(f"played one episode: return {ret:.1f} in {steps} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:  # raised inside play()
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

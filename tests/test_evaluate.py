@@ -1,0 +1,119 @@
+"""evaluate.py: tables on fixed seeds, baselines, GIF, plots and bad input."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import evaluate
+import train
+import utils
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evalrun")
+    cfg = {"name": "ev", "runs_dir": str(tmp / "runs"), "env_id": "CartPole-v1", "architecture": "ann",
+           "hidden_layers": [16], "replay_size": 300, "learning_starts": 30, "batch": 8, "total_steps": 200,
+           "eval_every": 0, "max_run_time": 600, "train_max_time": 600, "win_threshold": 100}
+    path = tmp / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    assert train.main(["--config", str(path), "--new-run"]) == 0
+    return utils.load_config(path).run_dir(REPO)
+
+
+def test_table_for_a_run_is_written_and_repeatable(cartpole_run, capsys):
+    assert evaluate.main(["--run", str(cartpole_run), "--episodes", "4", "--baseline", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | average | max | min | std | win rate | mean length | episodes |" in out
+    first = (cartpole_run / "evaluation.csv").read_text()
+    rows = list(csv.DictReader(first.splitlines()))
+    assert [r["method"] for r in rows] == ["ANN-DDQN (ev)", "random"]
+    assert all(len(r["returns"].split()) == 4 for r in rows)
+    assert (cartpole_run / "evaluation.md").exists()
+    evaluate.main(["--run", str(cartpole_run), "--episodes", "4", "--baseline", "random"])
+    assert (cartpole_run / "evaluation.csv").read_text() == first  # same seeds, same table
+
+
+def test_several_agents_in_one_table(cartpole_run, tmp_path, capsys):
+    ckpt = sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1]
+    assert evaluate.main(["--run", str(cartpole_run), "--checkpoint", str(ckpt), "--episodes", "2",
+                          "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "evaluation.csv").read_text().splitlines()))
+    assert len(rows) == 2 and rows[0]["returns"] == rows[1]["returns"]  # the same agent twice, same tracks
+
+
+def test_carracing_baselines_pid_beats_random(tmp_path, capsys):
+    assert evaluate.main(["--baseline", "random", "--baseline", "pid", "--episodes", "1", "--out", str(tmp_path)]) == 0
+    rows = {r["method"]: float(r["average"]) for r in csv.DictReader((tmp_path / "evaluation.csv").open())}
+    assert rows["pid"] > rows["random"] + 100
+
+
+def test_gif_is_an_animation_with_every_step(cartpole_run, tmp_path, capsys):
+    gif = tmp_path / "ep.gif"
+    assert evaluate.main(["--run", str(cartpole_run), "--gif", str(gif), "--no-table"]) == 0
+    steps = int(capsys.readouterr().out.split("(")[1].split()[0])
+    with Image.open(gif) as im:
+        assert im.is_animated
+        total = 0
+        for i in range(im.n_frames):  # Pillow merges identical consecutive frames: count their time
+            im.seek(i)
+            total += im.info["duration"]
+    assert total == (steps + 1) * 50  # 20 fps: the reset frame and one per step
+
+
+def test_carracing_gif_shows_agent_view_beside_render(tmp_path):
+    cfg = utils.load_config({"obs_size": 48})
+    ret, steps = __import__("envs").record_gif(cfg, lambda obs: 3, tmp_path / "c.gif", max_steps=5)
+    with Image.open(tmp_path / "c.gif") as im:
+        assert im.n_frames == 6 and im.size == (200 + 300, 200)  # driving: every frame differs
+
+
+def test_plot_of_training_curves(cartpole_run, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert evaluate.main(["--run", str(cartpole_run), "--plot", str(png), "--no-table"]) == 0
+    with Image.open(png) as im:
+        assert im.size[0] > 600
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--run", "/no/such/run"], "does not exist"),
+    (["--checkpoint", "/no/such.pt"], "does not exist"),
+    (["--baseline", "human"], "invalid choice"),
+    ([], "nothing to evaluate"),
+    (["--baseline", "pid", "--env-id", "CartPole-v1"], "drives CarRacing only"),
+])
+def test_bad_input_exit_2(args, message, capsys):
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_run_without_checkpoint_and_foreign_files(tmp_path, cartpole_run, capsys):
+    (tmp_path / "empty").mkdir()
+    assert evaluate.main(["--run", str(tmp_path / "empty")]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert evaluate.main(["--checkpoint", str(junk)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    ckpt = sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1]
+    assert evaluate.main(["--checkpoint", str(ckpt), "--env-id", "CarRacing-v3"]) == 2
+    assert "trained on CartPole-v1, not CarRacing-v3" in capsys.readouterr().err
+    import torch
+
+    bad = torch.load(ckpt, weights_only=False)
+    bad["config"]["architecture"] = "snn"
+    torch.save(bad, tmp_path / "other_arch.pt")
+    assert evaluate.main(["--checkpoint", str(tmp_path / "other_arch.pt")]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_play_without_display_is_a_clear_error(cartpole_run, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert evaluate.main(["--run", str(cartpole_run), "--play"]) == 2
+    assert "needs a display" in capsys.readouterr().err
