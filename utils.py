@@ -53,7 +53,7 @@ def _keys() -> list[Key]:
           pattern=r"[A-Za-z0-9._-]{0,100}"),
         K("max_run_time", 12600, "float", "Seconds one `train.py` bout may run before it checkpoints and exits.", low=1),
         K("stop_learning_at_win_percent", 90, "float",
-          "Stop updating the networks once this share (0–100) of the last 100 episodes are wins.", low=0, high=100),
+          "Stop updating the networks once this share (0–100) of the last 100 episodes are wins; 0 = never.", low=0, high=100),
         K("train_max_time", 14000, "float", "Seconds the launcher keeps starting bouts, all bouts together.", low=1),
         K("upload_to_cloud", False, "bool", "Mirror the run folder to the Hugging Face Hub repo `repo_ID` of `.env`."),
         K("local_backup", True, "bool", "Keep the full run folder on local disk (false: only what the Hub needs)."),
