@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
-TRAINING_MODULES = ("utils", "models", "envs", "train", "evaluate")
+TRAINING_MODULES = ("utils", "replay", "hub", "models", "envs", "train", "evaluate")
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 GIT_TIMEOUT = 120
 
@@ -359,12 +359,15 @@ def _resolve_config(utils, args: argparse.Namespace):
 
 
 def check_hub_settings(cfg, env: dict[str, str]) -> None:
-    if not cfg.upload_to_cloud:
-        return
-    missing = [k for k in ("repo_ID", "huggingface_write", "session_name") if not env.get(k, "").strip()]
-    if missing:
-        raise BadInput(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env "
-                       "or set upload_to_cloud to false")
+    """upload_to_cloud needs the Hub keys of .env (hub.py's rule; it imports only the standard library)."""
+    import hub
+    import utils
+
+    merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in hub.ENV_KEYS}
+    try:
+        hub.check_upload_settings(cfg, merged)
+    except utils.ConfigError as e:
+        raise BadInput(str(e)) from None
 
 
 # --------------------------------------------------------------------------- bouts

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import envs
+import hub
 import models
 import utils
 from replay import ReplayBuffer
@@ -35,6 +36,7 @@ SHAPE_KEYS = ("architecture", "hidden_layers", "snn_mode", "env_id", "frame_stac
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # set by run.py: this bout's share of train_max_time
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED+1, ... (the same tracks every time)
 PROGRESS_EVERY_S = 10.0
+HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long
 
 
 def log(msg: str) -> None:
@@ -93,6 +95,9 @@ class Trainer:
         self.autoreset = np.zeros(cfg.agents, dtype=bool)
 
         self.metrics = utils.MetricsLog(run_dir)
+        self.hub = self._connect_hub()
+        if self.hub is not None and not new_run:
+            self._fetch_from_hub()
         resumed = False if new_run else self._resume()
         if not resumed:
             self.obs, _ = self.vec.reset(seed=cfg.seed)
@@ -119,6 +124,23 @@ class Trainer:
         for p in old:
             shutil.move(str(p), str(dest / p.name))
         log(f"new run: the previous run's files were moved to {dest}")
+
+    def _connect_hub(self):
+        """With upload_to_cloud, mirror the run to the Hub repo of .env (and resume from it)."""
+        env = hub.hub_environment()
+        hub.check_upload_settings(self.cfg, env)
+        if not self.cfg.upload_to_cloud:
+            return None
+        return hub.HubMirror(env, self.cfg.run_name, self.run_dir, self.cfg.keep_checkpoints, self.cfg.local_backup,
+                             log=log)
+
+    def _fetch_from_hub(self) -> None:
+        steps = [int(m.group(1)) for p in self.ckpt_dir.glob("ckpt_*.pt") if (m := hub.CKPT_RE.match(p.name))]
+        try:
+            self.hub.fetch_newer(max(steps) if steps else None, _loadable)
+        except Exception as e:
+            self.hub.log(f"could not look for a newer checkpoint on the Hub ({self.hub._describe(e)}); "
+                         "resuming from the local files")
 
     # ------------------------------------------------------------------ acting and learning
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -287,6 +309,8 @@ class Trainer:
             log(f"warning: could not draw the training plot: {e}")
         log(kv_line("checkpoint", path=path.name, global_step=self.global_step, episode=self.episode,
                     mb=round(len(buf.getvalue()) / 2**20, 1), seconds=round(time.monotonic() - t0, 2)))
+        if self.hub is not None:
+            self.hub.push()
         return path
 
     def _resume(self) -> bool:
@@ -438,6 +462,8 @@ class Trainer:
             log(kv_line("stopped", reason=reason, global_step=self.global_step, episode=self.episode))
         self.metrics.close()
         self.vec.close()
+        if self.hub is not None:
+            self.hub.finish(HUB_FINAL_WAIT_S)
         return 0
 
     def _on_signal(self, signum, _frame) -> None:
@@ -491,6 +517,14 @@ def load_newest_checkpoint(ckpt_dir: Path, map_location="cpu"):
             log(f"warning: checkpoint {path.name} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "
                 "falling back to the previous one")
     return None
+
+
+def _loadable(path: Path) -> bool:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return isinstance(ckpt, dict) and "q_network" in ckpt
+    except Exception:
+        return False
 
 
 def _available_memory() -> int | None:

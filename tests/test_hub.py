@@ -1,0 +1,185 @@
+"""Hub mirroring with the real huggingface_hub client against a local stand-in (HF_ENDPOINT)."""
+import base64
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hub
+import train
+import utils
+from hub_standin import HubStandIn
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE, READ = "hf_write_good", "hf_read_good"
+PREFIX = "studio-a/hubrun"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    srv = HubStandIn(write_tokens=(WRITE,), read_tokens=(READ,)).start()
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("repo_ID", "tester/runs")
+    monkeypatch.setenv("session_name", "studio-a")
+    monkeypatch.setenv("huggingface_write", WRITE)
+    monkeypatch.setenv("huggingface_read", READ)
+    monkeypatch.setattr(train, "HUB_FINAL_WAIT_S", 60.0)
+    yield srv
+    srv.stop()
+
+
+def config(tmp_path, **keys):
+    cfg = {"name": "hubrun", "runs_dir": str(tmp_path / "runs"), "env_id": "CartPole-v1", "architecture": "ann",
+           "hidden_layers": [16], "replay_size": 400, "learning_starts": 40, "batch": 16, "total_steps": 300,
+           "checkpoint_every": 4, "keep_checkpoints": 2, "eval_every": 0, "upload_to_cloud": True,
+           "max_run_time": 600, "train_max_time": 600}
+    cfg.update(keys)
+    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.json')))}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def run_dir(path):
+    return utils.load_config(path).run_dir(REPO)
+
+
+def remote_files(server):
+    return server.repos["tester/runs"].files
+
+
+def assert_no_secrets(server, *texts):
+    blobs = list(server.bodies) + list(remote_files(server).values()) if "tester/runs" in server.repos else []
+    for blob in blobs:
+        for secret in (WRITE, READ):
+            assert secret.encode() not in blob
+            assert base64.b64encode(secret.encode()) not in blob
+    for text in texts:
+        assert WRITE not in text and READ not in text
+
+
+def test_run_is_mirrored_and_pruned(server, tmp_path, capsys):
+    cfg = config(tmp_path)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    files = remote_files(server)
+    assert server.repos["tester/runs"].private
+    local_ckpts = sorted(p.name for p in (run_dir(cfg) / "checkpoints").glob("*.pt"))
+    remote_ckpts = sorted(Path(p).name for p in files if p.startswith(f"{PREFIX}/checkpoints/"))
+    assert remote_ckpts == local_ckpts and len(remote_ckpts) == 2  # old ones pruned on the Hub too
+    assert files[f"{PREFIX}/metrics.csv"] == (run_dir(cfg) / "metrics.csv").read_bytes()
+    assert f"{PREFIX}/config.json" in files and f"{PREFIX}/status.json" in files
+    assert any(p.startswith(f"{PREFIX}/plots/") for p in files)
+    assert all(p.startswith(PREFIX + "/") for p in files)  # nothing outside the run folder
+    out = capsys.readouterr()
+    everything = "".join(p.read_text(errors="ignore") for p in run_dir(cfg).rglob("*") if p.is_file()
+                         and p.suffix in (".json", ".csv"))
+    assert_no_secrets(server, out.out, out.err, everything)
+
+
+def test_only_changed_files_are_sent(server, tmp_path):
+    cfg = config(tmp_path)
+    train.main(["--config", str(cfg), "--new-run"])
+    mirror = hub.HubMirror(hub.hub_environment(), "hubrun", run_dir(cfg), keep_checkpoints=2)
+    mirror._pushed = {}  # a fresh process: it relies on the Hub's oids to skip identical files
+    commits_before = server.repos["tester/runs"].commits
+    bodies_before = len(server.bodies)
+    assert mirror.finish(30)
+    # everything was already there: the client skips unchanged files, no commit is made
+    assert server.repos["tester/runs"].commits == commits_before
+    assert all(b"ckpt_" not in body or b'"key": "file"' not in body for body in server.bodies[bodies_before:])
+
+
+def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
+    first = config(tmp_path, total_steps=200)
+    train.main(["--config", str(first), "--new-run"])
+    step = utils.read_status(run_dir(first))["global_step"]
+    shutil.rmtree(run_dir(first))  # the studio's disk is gone
+    second = config(tmp_path, total_steps=400)
+    assert train.main(["--config", str(second)]) == 0
+    out = capsys.readouterr().out
+    assert f"took checkpoint ckpt_{step:010d}.pt (step {step})" in out and "no local checkpoint" in out
+    assert f"resumed checkpoint=ckpt_{step:010d}.pt global_step={step}" in out
+    rows = (run_dir(second) / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("1,")  # the metrics came back with the checkpoint and continue
+    assert utils.read_status(run_dir(second))["global_step"] == 400
+
+
+def test_newer_hub_checkpoint_is_preferred(server, tmp_path, capsys):
+    cfg = config(tmp_path, total_steps=250)
+    train.main(["--config", str(cfg), "--new-run"])
+    ckpts = sorted((run_dir(cfg) / "checkpoints").glob("*.pt"))
+    ckpts[-1].unlink()  # the local disk lost the newest checkpoint: the Hub has a newer one
+    capsys.readouterr()
+    more = config(tmp_path, total_steps=300)
+    assert train.main(["--config", str(more)]) == 0
+    out = capsys.readouterr().out
+    assert f"took checkpoint {ckpts[-1].name}" in out and "the local one is at step" in out
+
+
+def test_wrong_token_is_one_line_and_training_goes_on(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("huggingface_write", "hf_wrong_token_value")
+    cfg = config(tmp_path)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr()
+    lines = [l for l in out.out.splitlines() if "token was rejected" in l]
+    assert len(lines) == 1 and "uploads are off for this bout" in lines[0]
+    assert "hf_wrong_token_value" not in out.out + out.err
+    assert utils.read_status(run_dir(cfg))["finished"] is True
+    assert "tester/runs" not in server.repos or not remote_files(server)
+
+
+def test_upload_without_repo_or_token_is_a_config_error(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("repo_ID", "")
+    cfg = config(tmp_path)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks repo_ID" in err[0]
+    assert not (run_dir(cfg) / "checkpoints").exists()  # before training starts
+
+
+def test_outage_during_training_then_pushes_resume(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub.HubMirror, "__init__", _fast_retry(hub.HubMirror.__init__))
+    server.down = True
+    threading.Timer(4.0, lambda: setattr(server, "down", False)).start()
+    cfg = config(tmp_path, total_steps=1500, checkpoint_every=10)
+    t0 = time.monotonic()
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert "push failed" in out and "retrying" in out
+    assert utils.read_status(run_dir(cfg))["finished"] is True
+    files = remote_files(server)
+    newest = sorted((run_dir(cfg) / "checkpoints").glob("*.pt"))[-1].name
+    assert f"{PREFIX}/checkpoints/{newest}" in files  # the final state reached the Hub once it was back
+    assert time.monotonic() - t0 < 120
+
+
+def _fast_retry(init):
+    def wrapped(self, *args, **kwargs):
+        kwargs.update(retry_base=0.5, max_retry_wait=1.0)
+        init(self, *args, **kwargs)
+    return wrapped
+
+
+def test_local_backup_false_keeps_only_the_newest_checkpoint(server, tmp_path):
+    cfg = config(tmp_path, local_backup=False, checkpoint_every=3)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    local = sorted(p.name for p in (run_dir(cfg) / "checkpoints").glob("*.pt"))
+    remote = sorted(Path(p).name for p in remote_files(server) if "/checkpoints/" in p)
+    assert len(local) == 1 and local[0] == remote[-1] and len(remote) == 2
+
+
+def test_half_written_files_are_never_uploaded(server, tmp_path):
+    cfg = config(tmp_path, total_steps=100)
+    train.main(["--config", str(cfg), "--new-run"])
+    ckpt_dir = run_dir(cfg) / "checkpoints"
+    (ckpt_dir / ".ckpt_0000009999.pt.partial.tmp").write_bytes(b"half")  # an atomic write in progress
+    with open(run_dir(cfg) / "metrics.csv", "a") as f:
+        f.write("99,999,1.0")  # a row being appended, no newline yet
+    mirror = hub.HubMirror(hub.hub_environment(), "hubrun", run_dir(cfg), keep_checkpoints=2)
+    assert mirror.finish(30)
+    files = remote_files(server)
+    assert not any(".tmp" in p for p in files)
+    assert files[f"{PREFIX}/metrics.csv"].endswith(b"\n") and b"99,999" not in files[f"{PREFIX}/metrics.csv"]
