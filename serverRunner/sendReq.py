@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Ask one Lightning AI studio to run its command, detached, and return at once.
+
+    python serverRunner/sendReq.py --studios studios.json --entry studio_1
+    python serverRunner/sendReq.py --from-env        # credentials from STUDIO_* (trainingRunner.js)
+
+Looks the studio up (never creates one: a typo is an error, not a new studio), starts it when it is
+not running (on the entry's `machine`, default CPU), then runs `commandToRun` detached through
+`setsid nohup bash -lc '<command>' > <log> 2>&1 < /dev/null &`, so the call returns as soon as the
+studio accepted the command. Exit codes: 0 accepted; 2 bad input; 1 wrong credentials, no capacity,
+a missing studio or teamspace, or the network (one line each). API keys and user ids never appear
+in the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+REQUIRED = ("user", "apiKey", "userID", "teamspaceName", "studioName", "commandToRun")
+FROM_ENV = {"user": "STUDIO_USER", "apiKey": "STUDIO_API_KEY", "userID": "STUDIO_USER_ID",
+            "teamspaceName": "STUDIO_TEAMSPACE", "studioName": "STUDIO_NAME", "commandToRun": "STUDIO_COMMAND",
+            "machine": "STUDIO_MACHINE"}
+LOG_PATH = "$HOME/snn-ddqn-launcher.log"  # in the studio: where the detached command's output goes
+
+
+class BadInput(Exception):
+    pass
+
+
+class Failed(Exception):
+    pass
+
+
+def load_entry(args) -> tuple[str, dict]:
+    if args.from_env:
+        entry = {k: os.environ.get(v, "") for k, v in FROM_ENV.items()}
+        name = os.environ.get("STUDIO_ENTRY", "studio")
+        missing = [FROM_ENV[k] for k in REQUIRED if not entry[k].strip()]
+        if missing:
+            raise BadInput(f"--from-env: environment variable {missing[0]} is missing or empty")
+        return name, entry
+    path = Path(args.studios)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path} does not exist; copy studios.json.example to studios.json and fill it in") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} must be an object of entries like \"studio_1\": {{...}}")
+    if args.entry not in data:
+        raise BadInput(f"{path} has no entry {args.entry!r} (entries: {', '.join(data) or 'none'})")
+    entry = data[args.entry]
+    if not isinstance(entry, dict):
+        raise BadInput(f"{path}: entry {args.entry!r} must be an object")
+    for field in REQUIRED:
+        if not isinstance(entry.get(field), str) or not entry[field].strip():
+            raise BadInput(f"{path}: entry {args.entry!r} lacks field {field!r} (a non-empty string)")
+    if "machine" in entry and (not isinstance(entry["machine"], str) or not entry["machine"].strip()):
+        raise BadInput(f"{path}: entry {args.entry!r} field 'machine' must be a non-empty string when given")
+    return args.entry, entry
+
+
+def detached(command: str, log: str = LOG_PATH) -> str:
+    """A shell line that starts `command` in its own session and returns at once."""
+    return f"setsid nohup bash -lc {shlex.quote(command)} > {log} 2>&1 < /dev/null &"
+
+
+def start_and_run(entry: dict) -> str:
+    """Look the studio up, start it if needed, run the command detached. Returns a status line."""
+    # The SDK reads these at import; without the version check switch it calls out to a package
+    # index with no timeout.
+    os.environ["LIGHTNING_USER_ID"] = entry["userID"]
+    os.environ["LIGHTNING_API_KEY"] = entry["apiKey"]
+    os.environ["LIGHTNING_DISABLE_VERSION_CHECK"] = "1"
+    try:
+        from lightning_sdk import Machine, Studio
+        from lightning_sdk.status import Status
+    except ImportError:
+        raise Failed("lightning-sdk is not installed: pip install lightning-sdk") from None
+    try:
+        from lightning_sdk.exceptions import OutOfCapacityError
+    except ImportError:  # older SDKs
+        OutOfCapacityError = RuntimeError  # noqa: N806
+
+    where = f"{entry['teamspaceName']}/{entry['studioName']}"
+    try:
+        studio = Studio(name=entry["studioName"], teamspace=f"{entry['user']}/{entry['teamspaceName']}",
+                        create_ok=False)
+        started = ""
+        if studio.status != Status.Running:
+            machine = entry.get("machine") or None
+            studio.start(machine=Machine.from_str(machine) if machine else None)
+            started = f" (started on {machine or 'the default machine'})"
+        output, code = studio.run_with_exit_code(detached(entry["commandToRun"]))
+    except ConnectionError as e:
+        raise Failed(f"studio {where}: wrong credentials ({_first_line(e)}); check apiKey and userID") from None
+    except OutOfCapacityError as e:
+        raise Failed(f"studio {where}: no capacity for the requested machine ({_first_line(e)})") from None
+    except ValueError as e:  # "Studio 'x' does not exist." / teamspace not resolvable
+        raise Failed(f"studio {where}: not found ({_first_line(e)}); check user, teamspaceName and studioName") from None
+    except Exception as e:  # network and server errors
+        raise Failed(f"studio {where}: request failed ({type(e).__name__}: {_first_line(e)})") from None
+    if code != 0:
+        raise Failed(f"studio {where}: the command was refused (exit {code}): {_first_line(output)}")
+    return f"studio {where}{started}: command accepted, running detached; output in {LOG_PATH} there"
+
+
+def _first_line(x) -> str:
+    lines = str(x).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sendReq.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studios", default=str(Path(__file__).resolve().parents[1] / "studios.json"))
+    parser.add_argument("--entry", default="studio_1", help="entry of studios.json (default studio_1)")
+    parser.add_argument("--from-env", action="store_true", help="read the entry from STUDIO_* variables")
+    parser.add_argument("--print-command", action="store_true",
+                        help="print the detached shell line that would be sent, and exit")
+
+    def fail(message: str):
+        raise BadInput(message)
+
+    parser.error = fail  # type: ignore[method-assign]
+    secrets: list[str] = []
+    try:
+        args = parser.parse_args(argv)
+        name, entry = load_entry(args)
+        secrets = [entry["apiKey"], entry["userID"]]
+        if args.print_command:
+            print(detached(entry["commandToRun"]))
+            return 0
+        print(_mask(f"{name}: {start_and_run(entry)}", secrets), flush=True)
+        return 0
+    except BadInput as e:
+        print(_mask(f"sendReq.py: error: {e}", secrets), file=sys.stderr)
+        return 2
+    except Failed as e:
+        print(_mask(f"sendReq.py: {e}", secrets), file=sys.stderr)
+        return 1
+
+
+def _mask(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

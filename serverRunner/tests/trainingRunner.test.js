@@ -1,0 +1,168 @@
+// node --test serverRunner/tests/ : the plan, spawning, kill-after, secrets, bad input, dry-run, SIGINT.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawn, spawnSync } = require('node:child_process');
+
+const RUNNER = path.join(__dirname, '..', 'trainingRunner.js');
+const { plan, loadStudios } = require(RUNNER);
+
+// A stand-in for sendReq.py: records its argv and environment, then behaves as MODE says.
+const STANDIN = `
+import json, os, sys, time
+with open(os.environ["RECORD_FILE"], "a") as f:
+    f.write(json.dumps({"argv": sys.argv, "t": time.time(), "env": {k: v for k, v in os.environ.items() if k.startswith("STUDIO_")}}) + "\\n")
+mode = os.environ.get("MODE", "ok")
+print("helper says hello to " + os.environ["STUDIO_NAME"] + " key " + os.environ["STUDIO_API_KEY"], flush=True)
+if mode == "sleep":
+    time.sleep(30)
+sys.exit(3 if mode == "fail" else 0)
+`;
+
+function studio(i, extra = {}) {
+  return { user: 'alice', apiKey: `SECRETKEY${i}`, userID: `SECRETUID${i}`, teamspaceName: 'ts',
+           studioName: `s${i}`, commandToRun: 'python run.py', ...extra };
+}
+
+function setup(studios) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'runner-'));
+  const file = path.join(dir, 'studios.json');
+  fs.writeFileSync(file, typeof studios === 'string' ? studios : JSON.stringify(studios));
+  const helper = path.join(dir, 'standin.py');
+  fs.writeFileSync(helper, STANDIN);
+  return { dir, file, helper, record: path.join(dir, 'record.jsonl') };
+}
+
+function run(ctx, args, env = {}) {
+  return spawnSync(process.execPath, [RUNNER, '--studios', ctx.file, '--helper', ctx.helper, '--python', 'python3', ...args],
+    { env: { ...process.env, RECORD_FILE: ctx.record, ...env }, encoding: 'utf8', timeout: 60000 });
+}
+
+function records(ctx) {
+  if (!fs.existsSync(ctx.record)) return [];
+  return fs.readFileSync(ctx.record, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+}
+
+test('plan: batches, stagger and rounds', () => {
+  const studios = [1, 2, 3].map((i) => ({ name: `studio_${i}` }));
+  const p = plan(studios, { 'batch-size': 2, 'batch-delay': 100, stagger: 5 }, 2);
+  assert.deepStrictEqual(p.map((b) => [b.round, b.batch, b.at]), [[1, 1, 0], [1, 2, 100], [2, 1, 200], [2, 2, 300]]);
+  assert.deepStrictEqual(p[0].studios.map((s) => [s.studio.name, s.at]), [['studio_1', 0], ['studio_2', 5]]);
+  const one = plan(studios, { 'batch-size': 0, 'batch-delay': 14400, stagger: 5 }, 1);
+  assert.strictEqual(one.length, 1);
+  assert.strictEqual(one[0].studios.length, 3); // default: every studio in one batch
+});
+
+test('starts every studio in compressed time, credentials only in the environment', () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2), studio_3: studio(3, { machine: 'T4' }) });
+  const r = run(ctx, ['--batch-size', '2', '--batch-delay', '1', '--stagger', '0.2', '--rounds', '2']);
+  assert.strictEqual(r.status, 0, r.stderr);
+  const recs = records(ctx);
+  assert.strictEqual(recs.length, 6);
+  const order = recs.map((x) => x.env.STUDIO_ENTRY);
+  assert.deepStrictEqual(order, ['studio_1', 'studio_2', 'studio_3', 'studio_1', 'studio_2', 'studio_3']);
+  // the runner's own timestamped start lines (the helper's clock includes Python's start-up time)
+  const starts = [...r.stdout.matchAll(/^(\S+) round=(\d) batch=(\d) starting studio=(\S+)$/gm)]
+    .map((m) => [Date.parse(m[1]) / 1000, m[4]]);
+  assert.deepStrictEqual(starts.map((s) => s[1]), order);
+  const rel = starts.map((s) => s[0] - starts[0][0]);
+  assert.ok(rel[1] >= 0.15, 'stagger inside a batch');
+  assert.ok(rel[2] >= 0.9, 'batches a batch-delay apart');
+  assert.ok(rel[3] >= 1.9, 'the second round follows');
+  for (const rec of recs) {
+    assert.deepStrictEqual(rec.argv.slice(1), ['--from-env']);
+    assert.ok(!rec.argv.join(' ').includes('SECRET'));
+    assert.ok(rec.env.STUDIO_API_KEY.startsWith('SECRETKEY') && rec.env.STUDIO_USER_ID.startsWith('SECRETUID'));
+  }
+  assert.strictEqual(recs[2].env.STUDIO_MACHINE, 'T4');
+  assert.ok(!(r.stdout + r.stderr).includes('SECRET'), 'no secret in the output');
+  assert.match(r.stdout, /\[studio_1\] helper says hello to s1 key \*\*\*/); // prefixed, masked
+  assert.strictEqual((r.stdout.match(/outcome=started/g) || []).length, 6);
+  assert.match(r.stdout, /^\d{4}-\d\d-\d\dT\S+ /m); // timestamps
+});
+
+test('a helper that does not return is killed after kill-after', () => {
+  const ctx = setup({ studio_1: studio(1) });
+  const t0 = Date.now();
+  const r = run(ctx, ['--rounds', '1', '--kill-after', '0.5'], { MODE: 'sleep' });
+  assert.strictEqual(r.status, 1);
+  assert.ok(Date.now() - t0 < 15000);
+  assert.match(r.stdout, /helper still running after 0.5 s: SIGTERM/);
+  assert.match(r.stdout, /start studio=studio_1 outcome=killed/);
+});
+
+test('a failed start is logged and makes the exit code 1', () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2) });
+  const r = run(ctx, ['--rounds', '1', '--stagger', '0'], { MODE: 'fail' });
+  assert.strictEqual(r.status, 1);
+  assert.strictEqual((r.stdout.match(/outcome=failed exit=3/g) || []).length, 2);
+});
+
+test('bad studios.json: one line naming the entry and field, exit 2', () => {
+  const cases = [
+    ['{"studio_1": {', /not valid JSON/],
+    ['[]', /must be an object of entries/],
+    [JSON.stringify({ studio_1: { ...studio(1), apiKey: undefined } }), /entry "studio_1" lacks field "apiKey"/],
+    [JSON.stringify({ studio_1: studio(1), studio_2: { ...studio(1), apiKey: 'x' } }),
+      /entry "studio_2" field "studioName" repeats the studio of entry "studio_1"/],
+    [JSON.stringify({ studio_1: { ...studio(1), machine: 5 } }), /field "machine"/],
+  ];
+  for (const [text, message] of cases) {
+    const ctx = setup(text);
+    const r = run(ctx, ['--rounds', '1']);
+    assert.strictEqual(r.status, 2, text);
+    const lines = r.stderr.trim().split('\n');
+    assert.strictEqual(lines.length, 1, r.stderr);
+    assert.match(lines[0], message);
+    assert.ok(!r.stderr.includes('SECRET'));
+    assert.deepStrictEqual(records(ctx), []);
+  }
+  const ctx = setup('{}');
+  assert.strictEqual(run(ctx, ['--bogus']).status, 2);
+  assert.strictEqual(run(ctx, ['--stagger', '-1']).status, 2);
+  assert.throws(() => loadStudios(path.join(ctx.dir, 'missing.json')), /cannot be read/);
+});
+
+test('--dry-run prints the plan with times and starts nothing', () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2) });
+  const r = run(ctx, ['--dry-run', '--batch-size', '1', '--rounds', '2']);
+  assert.strictEqual(r.status, 0);
+  assert.deepStrictEqual(records(ctx), []);
+  const lines = r.stdout.trim().split('\n');
+  assert.strictEqual(lines.length, 5);
+  assert.match(lines[2], /\(\+4\.00 h\)\s+round 1 batch 2\s+studio_2: ts\/s2 runs "python run.py"/);
+  assert.match(lines[4], /\(\+12\.00 h\)\s+round 2 batch 2/);
+  assert.ok(!r.stdout.includes('SECRET'));
+});
+
+test('--help explains the options', () => {
+  const r = spawnSync(process.execPath, [RUNNER, '--help'], { encoding: 'utf8' });
+  assert.strictEqual(r.status, 0);
+  for (const opt of ['--batch-size', '--batch-delay', '--stagger', '--rounds', '--kill-after', '--python', '--dry-run']) {
+    assert.ok(r.stdout.includes(opt), opt);
+  }
+});
+
+test('SIGINT stops the plan and ends the helpers it started', async () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2) });
+  const child = spawn(process.execPath, [RUNNER, '--studios', ctx.file, '--helper', ctx.helper, '--batch-size', '1',
+    '--batch-delay', '30', '--kill-after', '60'], { env: { ...process.env, RECORD_FILE: ctx.record, MODE: 'sleep' } });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  const deadline = Date.now() + 20000;
+  while (records(ctx).length < 1) {
+    assert.ok(Date.now() < deadline, 'the first helper did not start');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const t0 = Date.now();
+  child.kill('SIGINT');
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.ok(Date.now() - t0 < 10000);
+  assert.strictEqual(code, 0);
+  assert.match(out, /SIGINT: stopping the plan and the 1 helper\(s\) it started/);
+  assert.match(out, /outcome=killed|outcome=failed exit=SIGTERM/);
+  assert.strictEqual(records(ctx).length, 1, 'no further studio started');
+});

@@ -1,0 +1,274 @@
+#!/usr/bin/env node
+// Start the Lightning AI studios of studios.json in batches, fire-and-forget.
+//
+// Every studio is started by running the Python helper (serverRunner/sendReq.py), which asks the
+// studio to run its commandToRun detached and returns at once. Batches start `--batch-delay`
+// seconds apart (default 4 hours, a free session's length); the studios of a batch start
+// `--stagger` seconds apart; the plan repeats for `--rounds` rounds (0 = until stopped).
+// Credentials reach the helper through its environment, never its command line, and never appear
+// in this program's output. Node 18+, built-ins only. Exit codes: 0 done, 2 bad input, 1 otherwise.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+
+const REQUIRED = ['user', 'apiKey', 'userID', 'teamspaceName', 'studioName', 'commandToRun'];
+const SECRET_FIELDS = ['apiKey', 'userID'];
+
+class BadInput extends Error {}
+
+const OPTIONS = {
+  studios: { env: 'STUDIOS_FILE', def: path.join(__dirname, '..', 'studios.json'), help: 'studios file' },
+  'batch-size': { env: 'BATCH_SIZE', def: '0', num: true, help: 'studios per batch (0 = all in one batch)' },
+  'batch-delay': { env: 'BATCH_DELAY', def: String(4 * 3600), num: true, help: 'seconds between batches' },
+  stagger: { env: 'STAGGER', def: '5', num: true, help: 'seconds between the studios of a batch' },
+  rounds: { env: 'ROUNDS', def: '0', num: true, help: 'rounds of the whole plan (0 = until stopped)' },
+  'kill-after': { env: 'KILL_AFTER', def: '300', num: true, help: 'seconds before a helper that has not returned is killed' },
+  python: { env: 'PYTHON', def: 'python3', help: 'Python interpreter for the helper' },
+  helper: { env: 'SEND_REQ', def: path.join(__dirname, 'sendReq.py'), help: 'helper script' },
+};
+
+function usage() {
+  const lines = [
+    'Usage: node serverRunner/trainingRunner.js [options]',
+    '',
+    'Start the studios of studios.json in batches, fire-and-forget, through serverRunner/sendReq.py.',
+    '',
+    'Options (each also settable by the environment variable in brackets):',
+  ];
+  for (const [name, o] of Object.entries(OPTIONS)) {
+    lines.push(`  --${name} VALUE`.padEnd(26) + `${o.help} [${o.env}] (default ${o.def})`);
+  }
+  lines.push('  --dry-run'.padEnd(26) + 'print the plan with its times and start nothing');
+  lines.push('  --help'.padEnd(26) + 'show this help');
+  return lines.join('\n');
+}
+
+function parseArgs(argv, env) {
+  const opts = { dryRun: false, help: false };
+  for (const [name, o] of Object.entries(OPTIONS)) opts[name] = env[o.env] !== undefined && env[o.env] !== '' ? env[o.env] : o.def;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--dry-run') { opts.dryRun = true; continue; }
+    if (arg === '--help' || arg === '-h') { opts.help = true; continue; }
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
+    if (!m || !(m[1] in OPTIONS)) throw new BadInput(`unknown argument ${arg} (see --help)`);
+    const value = m[2] !== undefined ? m[2] : argv[++i];
+    if (value === undefined) throw new BadInput(`--${m[1]} needs a value`);
+    opts[m[1]] = value;
+  }
+  for (const [name, o] of Object.entries(OPTIONS)) {
+    if (!o.num) continue;
+    const n = Number(opts[name]);
+    if (!Number.isFinite(n) || n < 0) throw new BadInput(`--${name} must be a number >= 0, got ${JSON.stringify(opts[name])}`);
+    opts[name] = n;
+  }
+  return opts;
+}
+
+function loadStudios(file) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new BadInput(`${file} cannot be read (${e.code}); copy studios.json.example to studios.json and fill it in`);
+  }
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new BadInput(`${file} is not valid JSON: ${e.message}`);
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    throw new BadInput(`${file} must be an object of entries like "studio_1": {...}`);
+  }
+  const studios = [];
+  const seen = new Map();
+  for (const [name, entry] of Object.entries(data)) {
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) {
+      throw new BadInput(`${file}: entry "${name}" must be an object`);
+    }
+    for (const field of REQUIRED) {
+      if (typeof entry[field] !== 'string' || entry[field].trim() === '') {
+        throw new BadInput(`${file}: entry "${name}" lacks field "${field}" (a non-empty string)`);
+      }
+    }
+    if (entry.machine !== undefined && (typeof entry.machine !== 'string' || entry.machine.trim() === '')) {
+      throw new BadInput(`${file}: entry "${name}" field "machine" must be a non-empty string when given`);
+    }
+    const key = `${entry.user}/${entry.teamspaceName}/${entry.studioName}`;
+    if (seen.has(key)) {
+      throw new BadInput(`${file}: entry "${name}" field "studioName" repeats the studio of entry "${seen.get(key)}"`);
+    }
+    seen.set(key, name);
+    studios.push({ name, ...entry });
+  }
+  if (studios.length === 0) throw new BadInput(`${file} has no studio entries`);
+  return studios;
+}
+
+// [{round, batch, at (seconds from start), studios: [{studio, at}]}]
+function plan(studios, opts, rounds) {
+  const size = opts['batch-size'] > 0 ? Math.floor(opts['batch-size']) : studios.length;
+  const batches = [];
+  for (let i = 0; i < studios.length; i += size) batches.push(studios.slice(i, i + size));
+  const out = [];
+  for (let r = 0; r < rounds; r++) {
+    batches.forEach((batch, b) => {
+      const at = (r * batches.length + b) * opts['batch-delay'];
+      out.push({ round: r + 1, batch: b + 1, at, studios: batch.map((s, k) => ({ studio: s, at: at + k * opts.stagger })) });
+    });
+  }
+  return out;
+}
+
+function stamp() { return new Date().toISOString(); }
+
+function mask(text, secrets) {
+  let out = text;
+  for (const s of secrets) if (s) out = out.split(s).join('***');
+  return out;
+}
+
+class Runner {
+  constructor(opts, studios, out = process.stdout) {
+    this.opts = opts;
+    this.studios = studios;
+    this.out = out;
+    this.children = new Set();
+    this.timers = new Set();
+    this.stopped = false;
+    this.failures = 0;
+    this.secrets = studios.flatMap((s) => SECRET_FIELDS.map((f) => s[f]));
+  }
+
+  log(msg) { this.out.write(mask(`${stamp()} ${msg}\n`, this.secrets)); }
+
+  later(seconds, fn) {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => { this.timers.delete(t); resolve(this.stopped ? undefined : fn()); }, seconds * 1000);
+      this.timers.add(t);
+      this.wake = () => { clearTimeout(t); this.timers.delete(t); resolve(); };
+    });
+  }
+
+  start(studio) {
+    return new Promise((resolve) => {
+      const env = {
+        ...process.env,
+        STUDIO_ENTRY: studio.name,
+        STUDIO_USER: studio.user,
+        STUDIO_API_KEY: studio.apiKey,
+        STUDIO_USER_ID: studio.userID,
+        STUDIO_TEAMSPACE: studio.teamspaceName,
+        STUDIO_NAME: studio.studioName,
+        STUDIO_COMMAND: studio.commandToRun,
+        STUDIO_MACHINE: studio.machine || '',
+      };
+      const child = spawn(this.opts.python, [this.opts.helper, '--from-env'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      this.children.add(child);
+      let killed = false;
+      const prefix = (chunk) => chunk.toString().split(/\r?\n/).filter((l) => l.length).forEach((l) => this.log(`[${studio.name}] ${l}`));
+      child.stdout.on('data', prefix);
+      child.stderr.on('data', prefix);
+      const term = setTimeout(() => {
+        killed = true;
+        this.log(`[${studio.name}] helper still running after ${this.opts['kill-after']} s: SIGTERM`);
+        child.kill('SIGTERM');
+        const hard = setTimeout(() => child.kill('SIGKILL'), 5000);
+        hard.unref();
+      }, this.opts['kill-after'] * 1000);
+      child.on('error', (e) => {
+        clearTimeout(term);
+        this.children.delete(child);
+        this.failures++;
+        this.log(`start studio=${studio.name} outcome=failed reason="cannot run ${this.opts.python}: ${e.code}"`);
+        resolve();
+      });
+      child.on('close', (code, signal) => {
+        clearTimeout(term);
+        this.children.delete(child);
+        const outcome = killed ? 'killed' : code === 0 ? 'started' : 'failed';
+        if (outcome !== 'started') this.failures++;
+        this.log(`start studio=${studio.name} outcome=${outcome} exit=${code === null ? signal : code}`);
+        resolve();
+      });
+    });
+  }
+
+  async run() {
+    const rounds = this.opts.rounds > 0 ? Math.floor(this.opts.rounds) : Infinity;
+    const t0 = Date.now();
+    const pending = [];
+    for (let r = 0; r < rounds && !this.stopped; r++) {
+      const steps = plan(this.studios, this.opts, r + 1).filter((b) => b.round === r + 1);
+      for (const batch of steps) {
+        for (const { studio, at } of batch.studios) {
+          const wait = Math.max(0, at - (Date.now() - t0) / 1000);
+          if (this.stopped) break;
+          await this.later(wait, () => {
+            this.log(`round=${batch.round} batch=${batch.batch} starting studio=${studio.name}`);
+            pending.push(this.start(studio));
+          });
+        }
+      }
+    }
+    await Promise.all(pending);
+    return this.failures ? 1 : 0;
+  }
+
+  stop(signal) {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    if (this.wake) this.wake();
+    this.log(`${signal}: stopping the plan and the ${this.children.size} helper(s) it started`);
+    for (const child of this.children) child.kill('SIGTERM');
+  }
+}
+
+function printPlan(studios, opts, out = process.stdout) {
+  const rounds = opts.rounds > 0 ? Math.floor(opts.rounds) : 1;
+  const start = Date.now();
+  out.write(`plan: ${studios.length} studio(s), batch size ${opts['batch-size'] || studios.length}, ` +
+    `${opts['batch-delay']} s between batches, ${opts.stagger} s stagger, ` +
+    `${opts.rounds > 0 ? rounds + ' round(s)' : 'repeating until stopped (first round shown)'}\n`);
+  for (const batch of plan(studios, opts, rounds)) {
+    for (const { studio, at } of batch.studios) {
+      const when = new Date(start + at * 1000).toISOString();
+      out.write(`  ${when}  (+${(at / 3600).toFixed(2)} h)  round ${batch.round} batch ${batch.batch}  ${studio.name}: ` +
+        `${studio.teamspaceName}/${studio.studioName} runs "${studio.commandToRun}"\n`);
+    }
+  }
+}
+
+async function main(argv = process.argv.slice(2), env = process.env) {
+  let opts, studios;
+  try {
+    opts = parseArgs(argv, env);
+    if (opts.help) { process.stdout.write(usage() + '\n'); return 0; }
+    studios = loadStudios(opts.studios);
+  } catch (e) {
+    if (e instanceof BadInput) { process.stderr.write(`trainingRunner: error: ${e.message}\n`); return 2; }
+    throw e;
+  }
+  if (opts.dryRun) { printPlan(studios, opts); return 0; }
+  const runner = new Runner(opts, studios);
+  const onSignal = (sig) => runner.stop(sig);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const code = await runner.run();
+  process.removeListener('SIGINT', onSignal);
+  process.removeListener('SIGTERM', onSignal);
+  return runner.stopped ? 0 : code;
+}
+
+if (require.main === module) {
+  main().then((code) => { process.exitCode = code; }, (e) => {
+    process.stderr.write(`trainingRunner: ${e && e.message ? e.message : e}\n`);
+    process.exitCode = 1;
+  });
+}
+
+module.exports = { parseArgs, loadStudios, plan, mask, BadInput };

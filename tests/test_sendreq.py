@@ -1,0 +1,112 @@
+"""serverRunner/sendReq.py: input validation, the detached command, wrong credentials (local HTTP server)."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SENDREQ = REPO / "serverRunner" / "sendReq.py"
+sys.path.insert(0, str(REPO / "serverRunner"))
+import sendReq  # noqa: E402
+
+ENTRY = {"user": "alice", "apiKey": "SECRETKEY123", "userID": "SECRETUID456", "teamspaceName": "ts",
+         "studioName": "s1", "commandToRun": "python run.py"}
+
+
+def call(args, env=None):
+    return subprocess.run([sys.executable, str(SENDREQ), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("content,entry,message", [
+    (None, "studio_1", "does not exist"),
+    ("{bad", "studio_1", "not valid JSON"),
+    (json.dumps({"studio_1": ENTRY}), "studio_9", "has no entry 'studio_9'"),
+    (json.dumps({"studio_1": {**ENTRY, "apiKey": ""}}), "studio_1", "entry 'studio_1' lacks field 'apiKey'"),
+    (json.dumps({"studio_1": {**ENTRY, "machine": 3}}), "studio_1", "field 'machine'"),
+])
+def test_bad_input_exit_2(tmp_path, content, entry, message):
+    path = tmp_path / "studios.json"
+    if content is not None:
+        path.write_text(content)
+    r = call(["--studios", str(path), "--entry", entry])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "SECRET" not in r.stdout + r.stderr
+
+
+def test_from_env_needs_every_variable():
+    env = {k: "" for k in sendReq.FROM_ENV.values()}
+    r = call(["--from-env"], env)
+    assert r.returncode == 2 and "STUDIO_USER" in r.stderr
+
+
+def test_detached_command_runs_in_the_background_with_tricky_quoting(tmp_path):
+    out = tmp_path / "out.txt"
+    log = tmp_path / "launcher.log"
+    command = f"echo \"it's $((6*7))\"; sleep 2; echo 'done; really' > {out}"
+    line = sendReq.detached(command, log=str(log))
+    t0 = time.monotonic()
+    subprocess.run(["bash", "-c", line], check=True, timeout=10)
+    assert time.monotonic() - t0 < 1.5  # returns at once
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.read_text() == "done; really\n"
+    assert log.read_text().startswith("it's 42")
+
+
+def test_print_command(tmp_path):
+    path = tmp_path / "studios.json"
+    path.write_text(json.dumps({"studio_1": {**ENTRY, "commandToRun": "cd ~ && python run.py"}}))
+    r = call(["--studios", str(path), "--print-command"])
+    assert r.returncode == 0
+    assert r.stdout.strip() == "setsid nohup bash -lc 'cd ~ && python run.py' > $HOME/snn-ddqn-launcher.log 2>&1 < /dev/null &"
+
+
+class Unauthorized(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        Unauthorized.seen.append((self.command, self.path, dict(self.headers), body))
+        data = json.dumps({"code": 16, "message": "unauthenticated"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _answer
+
+
+def test_wrong_key_is_exit_1_without_secrets(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"LIGHTNING_CLOUD_URL": f"http://127.0.0.1:{server.server_address[1]}",
+               "STUDIO_USER": "alice", "STUDIO_API_KEY": ENTRY["apiKey"], "STUDIO_USER_ID": ENTRY["userID"],
+               "STUDIO_TEAMSPACE": "ts", "STUDIO_NAME": "s1", "STUDIO_COMMAND": "python run.py",
+               "HOME": str(tmp_path)}
+        r = call(["--from-env"], env)
+    finally:
+        server.shutdown()
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wrong credentials" in lines[0]
+    assert "SECRET" not in r.stdout + r.stderr
+    assert any(path.startswith("/v1/auth/user") for _, path, _, _ in Unauthorized.seen)  # the SDK really asked
+    for _, path, _, body in Unauthorized.seen:  # the key travels in headers only, never in a URL or body
+        assert b"SECRETKEY" not in body and "SECRETKEY" not in path
