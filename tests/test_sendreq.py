@@ -110,3 +110,73 @@ def test_wrong_key_is_exit_1_without_secrets(tmp_path):
     assert any(path.startswith("/v1/auth/user") for _, path, _, _ in Unauthorized.seen)  # the SDK really asked
     for _, path, _, body in Unauthorized.seen:  # the key travels in headers only, never in a URL or body
         assert b"SECRETKEY" not in body and "SECRETKEY" not in path
+
+
+# --------------------------------------------------------------------------- against the Lightning stand-in
+from lightning_standin import USER_ID, LightningStandIn  # noqa: E402
+
+KEY = "SECRETKEY-lightning"
+
+
+def lightning_env(standin, tmp_path, **entry):
+    values = {"user": "alice", "apiKey": KEY, "userID": USER_ID, "teamspaceName": "ts", "studioName": "s1",
+              "commandToRun": "cd ~ && python run.py", **entry}
+    env = {v: values.get(k, "") for k, v in sendReq.FROM_ENV.items()}
+    env.update(LIGHTNING_CLOUD_URL=standin.url, HOME=str(tmp_path), STUDIO_ENTRY="studio_1")
+    return env
+
+
+@pytest.fixture
+def lightning():
+    made = []
+
+    def make(**kw):
+        s = LightningStandIn(api_key=KEY, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def assert_clean(standin, result):
+    assert "SECRETKEY" not in result.stdout + result.stderr and USER_ID not in result.stdout + result.stderr
+    for req in standin.requests:  # the key travels in the Authorization header only
+        assert KEY.encode() not in req["body"] and KEY not in req["path"]
+
+
+def test_stopped_studio_is_started_and_the_command_posted_detached(lightning, tmp_path):
+    standin = lightning()
+    t0 = time.monotonic()
+    r = call(["--from-env"], lightning_env(standin, tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 60
+    assert standin.started == [("s1", "cpu-4")]
+    assert standin.commands == [sendReq.detached("cd ~ && python run.py")]
+    assert "command accepted" in r.stdout and "started on" in r.stdout
+    assert_clean(standin, r)
+    assert len(standin.requests) < 80  # no busy polling
+
+
+def test_running_studio_is_not_restarted(lightning, tmp_path):
+    standin = lightning(running=("s1",))
+    r = call(["--from-env"], lightning_env(standin, tmp_path, machine="CPU"))
+    assert r.returncode == 0, r.stderr
+    assert standin.started == [] and len(standin.commands) == 1
+    assert_clean(standin, r)
+
+
+@pytest.mark.parametrize("case,expect", [("wrong_key", "wrong credentials"), ("missing_studio", "not found"),
+                                         ("no_capacity", "no capacity")])
+def test_failures_are_exit_1_in_one_line(lightning, tmp_path, case, expect):
+    standin = lightning(out_of_capacity=case == "no_capacity")
+    entry = {"apiKey": "SECRETKEY-wrong"} if case == "wrong_key" else {}
+    if case == "missing_studio":
+        entry["studioName"] = "s1-typo"
+    r = call(["--from-env"], lightning_env(standin, tmp_path, **entry))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert standin.commands == [] and standin.started == []
+    assert "SECRETKEY" not in r.stdout + r.stderr
