@@ -207,11 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-
-    def fail(message: str):
-        raise ConfigError(f"{message} (see python evaluate.py --help)")
-
-    parser.error = fail  # type: ignore[method-assign]
+    utils.one_line_cli_errors(parser, "evaluate.py")
     try:
         args = parser.parse_args(argv)
         if args.episodes < 1:

@@ -541,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a Double-DQN agent (usually started by run.py).")
     parser.add_argument("--config", required=True, help="config JSON (conf.json keys)")
     parser.add_argument("--new-run", action="store_true", help="start the run anew (previous files are archived)")
-    args = parser.parse_args(argv)
+    utils.one_line_cli_errors(parser, "train.py")
     try:
+        args = parser.parse_args(argv)
         cfg = utils.load_config(args.config)
         run_dir = cfg.run_dir(Path(__file__).resolve().parent)
         config_path = Path(args.config).resolve()

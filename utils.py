@@ -273,6 +273,15 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> 
     return Config(**values)
 
 
+def one_line_cli_errors(parser, prog: str) -> None:
+    """Make an argparse parser raise ConfigError (one line, exit 2 by the caller) instead of printing usage."""
+
+    def fail(message: str):
+        raise ConfigError(f"{message} (see python {prog} --help)")
+
+    parser.error = fail
+
+
 def parse_json(text: str, origin: str = "JSON") -> Any:
     """json.loads with a one-line ConfigError that gives the line and column."""
     try:

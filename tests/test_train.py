@@ -205,3 +205,9 @@ def test_eval_gif_and_debug_extras(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"charts/episodic_return", "charts/SPS", "charts/epsilon", "losses/td_loss", "eval/episodic_return",
             "debug/firing_rate_spike0", "debug/grad_norm"} <= tags
+
+
+def test_bad_arguments_are_one_line(capsys):
+    assert train.main(["--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "required: --config" in err[0]
