@@ -201,8 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="training curves of the --run folders in one PNG")
     p.add_argument("--play", action="store_true", help="watch the first agent drive in a window (needs a display)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-table", action="store_true", help="only --gif/--plot/--play, no evaluation episodes")
+    p.add_argument("--export", metavar="PATH", help="write the first agent's network weights and config (no replay, "
+                   "no optimiser) to PATH, for pretrained/")
+    p.add_argument("--no-table", action="store_true", help="only --gif/--plot/--play/--export, no evaluation episodes")
     return p
+
+
+def export_weights(source: Path, dest: Path) -> Path:
+    """A small file with what evaluation and play need: config, shapes, the online network."""
+    import io
+
+    import torch
+
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    small = {"format": 1, "config": ckpt["config"], "obs_shape": ckpt["obs_shape"], "n_actions": ckpt["n_actions"],
+             "q_network": ckpt["q_network"],
+             "trained": {k: ckpt.get("counters", {}).get(k) for k in ("global_step", "episode", "updates")}}
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    utils.atomic_write_bytes(dest, buf.getvalue())
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.baseline:
             agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
 
+        if args.export:
+            sources = [newest_checkpoint(Path(r)) for r in args.run] + [Path(c) for c in args.checkpoint]
+            if not sources:
+                raise ConfigError("--export needs a --run or --checkpoint")
+            out = export_weights(sources[0], Path(args.export))
+            print(f"exported: {out} ({out.stat().st_size / 2**20:.1f} MB)")
         if args.play:
             return play(agents[0])
         if args.plot:

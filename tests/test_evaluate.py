@@ -117,3 +117,14 @@ def test_play_without_display_is_a_clear_error(cartpole_run, monkeypatch, capsys
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert evaluate.main(["--run", str(cartpole_run), "--play"]) == 2
     assert "needs a display" in capsys.readouterr().err
+
+
+def test_exported_weights_give_the_same_table(cartpole_run, tmp_path, capsys):
+    small = tmp_path / "pretrained.pt"
+    assert evaluate.main(["--run", str(cartpole_run), "--export", str(small), "--no-table"]) == 0
+    ckpt = sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1]
+    assert small.stat().st_size < ckpt.stat().st_size / 2  # no replay, no optimiser
+    assert evaluate.main(["--checkpoint", str(small), "--episodes", "3", "--out", str(tmp_path / "a")]) == 0
+    assert evaluate.main(["--checkpoint", str(ckpt), "--episodes", "3", "--out", str(tmp_path / "b")]) == 0
+    returns = [list(csv.DictReader((tmp_path / d / "evaluation.csv").open()))[0]["returns"] for d in "ab"]
+    assert returns[0] == returns[1]
