@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def play(agent: Agent) -> int:
     """Watch the agent in a window (pygame's human render mode)."""
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("win32", "darwin")):
+    headless = os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen")  # a virtual display, e.g. for tests
+    if not (headless or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            or sys.platform in ("win32", "darwin")):
         raise ConfigError("--play needs a display (none found: DISPLAY is not set); use --gif to record instead")
     env = envs.make_env(agent.cfg.replace(lenient_termination=0), render_mode="human")
     try:

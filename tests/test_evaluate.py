@@ -112,7 +112,14 @@ def test_run_without_checkpoint_and_foreign_files(tmp_path, cartpole_run, capsys
     assert "does not match" in capsys.readouterr().err
 
 
+def test_play_drives_an_episode_in_a_window(cartpole_run, monkeypatch, capsys):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # pygame's window, without a screen
+    assert evaluate.main(["--run", str(cartpole_run), "--play"]) == 0
+    assert "played one episode: return" in capsys.readouterr().out
+
+
 def test_play_without_display_is_a_clear_error(cartpole_run, monkeypatch, capsys):
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert evaluate.main(["--run", str(cartpole_run), "--play"]) == 2
