@@ -211,3 +211,11 @@ def test_bad_arguments_are_one_line(capsys):
     assert train.main(["--bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "required: --config" in err[0]
+
+
+def test_warns_when_the_replay_will_not_fit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "_available_memory", lambda: 10 * 2**20)  # 10 MiB free
+    cfg = tiny(tmp_path, env_id="CarRacing-v3", replay_size=5000, total_steps=1, learning_starts=1000)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the replay buffer needs" in out and "lower replay_size" in out
