@@ -291,12 +291,17 @@ def parse_json(text: str, origin: str = "JSON") -> Any:
 
 
 # --------------------------------------------------------------------------- storage
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see either the old or the new content, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes private files; keep the permissions a plain write gives
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -126,6 +126,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     utils.atomic_write_json(target, {"a": 2})
     assert utils.read_json(target) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the umask's permissions
 
 
 def test_status_round_trip(tmp_path):
