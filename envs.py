@@ -85,13 +85,17 @@ class FastCarRacing(cr.CarRacing):
         self.last_repeat_frames = 0
 
     # ------------------------------------------------------------------ drawing
+    @staticmethod
+    def _new_font() -> None:
+        pygame.font.init()
+        FastCarRacing._font = pygame.font.Font(pygame.font.get_default_font(), 42)
+
     def _render(self, mode: str):
         if mode == "human":
             return super()._render(mode)  # the window, the clock and the event pump stay stock
         assert mode in self.metadata["render_modes"]
         if FastCarRacing._font is None:
-            pygame.font.init()
-            FastCarRacing._font = pygame.font.Font(pygame.font.get_default_font(), 42)
+            self._new_font()
         if self.clock is None:
             self.clock = pygame.time.Clock()
         if "t" not in self.__dict__:
@@ -118,7 +122,13 @@ class FastCarRacing(cr.CarRacing):
         label = f"{self.reward:04.0f}"
         text = self._text_cache.get(label)
         if text is None:
-            text = self._font.render(label, True, (255, 255, 255), (0, 0, 0))
+            try:
+                text = self._font.render(label, True, (255, 255, 255), (0, 0, 0))
+            except pygame.error:
+                # pygame.quit() (stock close() in human mode) followed by a new font.init() leaves
+                # this font invalid: make a new one
+                self._new_font()
+                text = self._font.render(label, True, (255, 255, 255), (0, 0, 0))
             if len(self._text_cache) < 4096:
                 self._text_cache[label] = text
         text_rect = text.get_rect()

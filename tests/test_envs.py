@@ -305,3 +305,16 @@ def test_vector_env_autoreset_returns_reset_observation(agents):
         assert np.all(np.abs(obs2[ended]) <= 0.05)  # CartPole resets into [-0.05, 0.05]
     finally:
         vec.close()
+
+
+def test_rendering_survives_pygame_quit_from_another_env():
+    """Stock close() in human mode calls pygame.quit(): a later FastCarRacing must still draw."""
+    first = envs.FastCarRacing(continuous=False)
+    first.reset(seed=0)
+    envs.pygame.quit()
+    envs.pygame.font.init()  # what the next stock render does: the cached font is now invalid
+    envs.FastCarRacing._text_cache.clear()  # force a fresh text render with that font
+    second, stock = envs.FastCarRacing(continuous=False), CarRacing(continuous=False)
+    assert np.array_equal(second.reset(seed=2)[0], stock.reset(seed=2)[0])
+    for _ in range(30):  # the score changes: new texts are rendered
+        assert np.array_equal(second.step(3)[0], stock.step(3)[0])
