@@ -525,9 +525,9 @@ def play_episode(env: gym.Env, act, seed: int | None = None, record=None, max_st
     return total, steps
 
 
-def record_gif(cfg, act, path, seed: int = 0, fps: int = 20, max_steps: int = 2_000) -> tuple[float, int]:
-    """Play one greedy episode and save it as an animated GIF: the agent's view (its newest
-    preprocessed frame) beside the full-resolution render. Returns (return, agent steps)."""
+def record_gif(cfg, policy, path, seed: int = 0, fps: int = 20, max_steps: int = 2_000) -> tuple[float, int]:
+    """Play one episode with `policy(env) -> act(obs)` and save it as an animated GIF: the agent's
+    view (its newest preprocessed frame) beside the full-resolution render. Returns (return, steps)."""
     from PIL import Image
 
     env = make_env(cfg, render_mode="rgb_array")
@@ -553,7 +553,7 @@ def record_gif(cfg, act, path, seed: int = 0, fps: int = 20, max_steps: int = 2_
         frames.append(canvas.convert("P", palette=Image.ADAPTIVE))
 
     try:
-        result = play_episode(env, act, seed=seed, record=grab, max_steps=max_steps)
+        result = play_episode(env, policy(env), seed=seed, record=grab, max_steps=max_steps)
     finally:
         env.close()
     path = Path(path)

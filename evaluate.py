@@ -31,9 +31,8 @@ ROOT = Path(__file__).resolve().parent
 class Agent:
     label: str
     cfg: object  # utils.Config: the environment pipeline the agent was trained with
-    act: object  # obs -> action (the env is reachable through the closure where needed)
+    policy: object  # policy(env) -> act(obs) -> action, made anew for every episode (controllers keep state)
     run_dir: Path | None = None
-    uses_env: bool = False  # act(obs, env) instead of act(obs)
 
 
 # --------------------------------------------------------------------------- agents
@@ -67,7 +66,7 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
 
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     name = label or (f"{cfg.architecture.upper()}-DDQN ({run_dir.name if run_dir else path.stem})")
-    return Agent(name, cfg, act, run_dir)
+    return Agent(name, cfg, lambda env: act, run_dir)
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
@@ -79,12 +78,12 @@ def newest_checkpoint(run_dir: Path) -> Path:
 
 def random_agent(cfg, seed: int) -> Agent:
     rng = np.random.default_rng(seed)
-    n = 5 if envs.is_carracing(cfg.env_id) else None
 
-    def act(obs, env):
-        return int(rng.integers(n if n else env.action_space.n))
+    def policy(env):
+        n = int(env.action_space.n)
+        return lambda obs: int(rng.integers(n))
 
-    return Agent("random", cfg, act, uses_env=True)
+    return Agent("random", cfg, policy)
 
 
 def pid_agent(cfg) -> Agent:
@@ -93,39 +92,43 @@ def pid_agent(cfg) -> Agent:
     car's state from the environment, not the pixels."""
     if not envs.is_carracing(cfg.env_id):
         raise ConfigError("the pid baseline drives CarRacing only; use --baseline random for other environments")
-    state = {"prev_err": 0.0}
 
-    def act(obs, env):
-        u = env.unwrapped
-        if u.car is None:
-            return 0
-        cx, cy = u.car.hull.position
-        track = u.track
-        d2 = [(t[2] - cx) ** 2 + (t[3] - cy) ** 2 for t in track]
-        i = int(np.argmin(d2))
-        n = len(track)
-        tx, ty = track[(i + 6) % n][2:4]
-        heading = u.car.hull.angle + math.pi / 2
-        err = (math.atan2(ty - cy, tx - cx) - heading + math.pi) % (2 * math.pi) - math.pi
-        derr = err - state["prev_err"]
-        state["prev_err"] = err
-        steer = 1.2 * err + 0.8 * derr
-        # how sharply the track turns over the next tiles sets the target speed
-        far = track[(i + 12) % n][1] - track[i][1]
-        curve = abs((far + math.pi) % (2 * math.pi) - math.pi)
-        target = 80.0 - 65.0 * min(curve, 1.0)  # tuned by short runs: see bench notes in the README
-        speed = math.hypot(*u.car.hull.linearVelocity)
-        if steer > 0.1:
-            return 2  # left
-        if steer < -0.1:
-            return 1  # right
-        if speed > target + 8:
-            return 4  # brake
-        if speed < target:
-            return 3  # gas
+    def policy(env):
+        state = {"prev_err": 0.0}  # the derivative term starts fresh every episode
+        return lambda obs: _pid_action(env, state)
+
+    return Agent("pid", cfg, policy)
+
+
+def _pid_action(env, state: dict) -> int:
+    u = env.unwrapped
+    if u.car is None:
         return 0
-
-    return Agent("pid", cfg, act, uses_env=True)
+    cx, cy = u.car.hull.position
+    track = u.track
+    d2 = [(t[2] - cx) ** 2 + (t[3] - cy) ** 2 for t in track]
+    i = int(np.argmin(d2))
+    n = len(track)
+    tx, ty = track[(i + 6) % n][2:4]
+    heading = u.car.hull.angle + math.pi / 2
+    err = (math.atan2(ty - cy, tx - cx) - heading + math.pi) % (2 * math.pi) - math.pi
+    derr = err - state["prev_err"]
+    state["prev_err"] = err
+    steer = 1.2 * err + 0.8 * derr
+    # how sharply the track turns over the next tiles sets the target speed
+    far = track[(i + 12) % n][1] - track[i][1]
+    curve = abs((far + math.pi) % (2 * math.pi) - math.pi)
+    target = 80.0 - 65.0 * min(curve, 1.0)  # tuned by short runs on 4 episodes
+    speed = math.hypot(*u.car.hull.linearVelocity)
+    if steer > 0.1:
+        return 2  # left
+    if steer < -0.1:
+        return 1  # right
+    if speed > target + 8:
+        return 4  # brake
+    if speed < target:
+        return 3  # gas
+    return 0
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -135,10 +138,7 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
     returns, lengths = [], []
     try:
         for i in range(episodes):
-            policy = (lambda obs: agent.act(obs, env)) if agent.uses_env else agent.act
-            if agent.label == "pid":
-                policy = _pid_reset(agent, env)
-            ret, length = envs.play_episode(env, policy, seed=seed + i)
+            ret, length = envs.play_episode(env, agent.policy(env), seed=seed + i)
             returns.append(ret)
             lengths.append(length)
             if progress is not None:
@@ -149,11 +149,6 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
     return {"method": agent.label, "average": float(r.mean()), "max": float(r.max()), "min": float(r.min()),
             "std": float(r.std()), "win_rate": float(np.mean(r >= cfg.win_threshold)),
             "mean_length": float(np.mean(lengths)), "episodes": episodes, "returns": returns}
-
-
-def _pid_reset(agent: Agent, env):
-    fresh = pid_agent(agent.cfg)  # new derivative state per episode
-    return lambda obs: fresh.act(obs, env)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -265,10 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {utils.plot_runs(runs, args.plot, agents[0].cfg.win_threshold)}")
         if args.gif:
             first = agents[0]
-            act = (lambda obs: first.act(obs, None)) if first.uses_env and first.label != "pid" else first.act
-            if first.label == "pid":
-                raise ConfigError("--gif records a learned agent or the random baseline; put one first")
-            ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), act, args.gif, seed=args.seed)
+            ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), first.policy, args.gif,
+                                         seed=args.seed)
             print(f"gif: {args.gif} ({steps} steps, return {ret:.1f})")
         if args.no_table:
             return 0
@@ -300,8 +293,7 @@ def play(agent: Agent) -> int:
         raise ConfigError("--play needs a display (none found: DISPLAY is not set); use --gif to record instead")
     env = envs.make_env(agent.cfg.replace(lenient_termination=0), render_mode="human")
     try:
-        policy = (lambda obs: agent.act(obs, env)) if agent.uses_env else agent.act
-        ret, steps = envs.play_episode(env, policy, seed=0)
+        ret, steps = envs.play_episode(env, agent.policy(env), seed=0)
     finally:
         env.close()
     print(f"played one episode: return {ret:.1f} in {steps} steps")

@@ -375,13 +375,14 @@ class Supervisor:
     """Runs the training script in bouts until the run is finished or the time is up."""
 
     def __init__(self, cmd_base: list[str], config_path: Path, run_dir: Path, cfg, env: dict[str, str],
-                 write_config, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float):
+                 write_config, read_status, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float):
         self.cmd_base = cmd_base
         self.config_path = config_path
         self.run_dir = run_dir
         self.cfg = cfg
         self.env = env
         self.write_config = write_config  # write_config(continue_run) writes the resolved config for the child
+        self.read_status = read_status  # utils.read_status, imported after the sync like the rest of utils
         self.restart_delay = restart_delay
         self.max_crashes = max_crashes
         self.kill_grace = kill_grace
@@ -396,13 +397,6 @@ class Supervisor:
                 self.child.send_signal(signum)
             except ProcessLookupError:
                 pass
-
-    def _status(self) -> dict:
-        try:
-            data = json.loads((self.run_dir / "status.json").read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
 
     def _wait(self, limit: float) -> int:
         """Wait for the child; past `limit` s terminate it, then kill it after the grace period."""
@@ -456,7 +450,7 @@ class Supervisor:
                     self.child.send_signal(self.stopping)
                 rc = self._wait(budget + self.kill_grace)
                 ran = time.monotonic() - t0
-                status = self._status()
+                status = self.read_status(self.run_dir)
                 if self.stopping is not None:
                     say(f"stopped by {signal.Signals(self.stopping).name}; training script exited with {rc}")
                     return 0 if rc == 0 else 1
@@ -582,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             child_env.setdefault(k, v)
         child_env.pop(REEXEC_GUARD, None)
         sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
-                         write_config=write_config, restart_delay=args.restart_delay,
+                         write_config=write_config, read_status=utils.read_status, restart_delay=args.restart_delay,
                          max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash)
         return sup.run()
     except BadInput as e:

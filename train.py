@@ -216,7 +216,8 @@ class Trainer:
             eval_return = self.evaluate(cfg.eval_episodes)
         if cfg.record_every and self.episode % cfg.record_every == 0:
             gif = self.run_dir / "videos" / f"episode_{self.episode:06d}.gif"
-            ret, _ = envs.record_gif(cfg.replace(lenient_termination=0), self.greedy, gif, seed=EVAL_SEED)
+            ret, _ = envs.record_gif(cfg.replace(lenient_termination=0), lambda env: self.greedy, gif,
+                                      seed=EVAL_SEED)
             log(kv_line("recorded", path=f"videos/{gif.name}", greedy_return=round(ret, 2)))
         row = {"episode": self.episode, "global_step": self.global_step, "return": round(ret, 4),
                "length": int(self.episode_length[env]), "epsilon": round(self.epsilon, 6), "win": int(win),
@@ -485,19 +486,24 @@ class _Progress:
                 self.bar = None
         self.shown = start
 
+    @staticmethod
+    def _mean100(t: Trainer) -> float:
+        return float(np.mean(t.recent_returns)) if t.recent_returns else float("nan")
+
     def update(self, t: Trainer, sps: float, deadline: float) -> None:
-        mean100 = float(np.mean(t.recent_returns)) if t.recent_returns else float("nan")
+        """Called every loop iteration: anything beyond a counter update happens only when shown."""
         if self.bar is not None:
             self.bar.update(t.global_step - self.shown)
             self.shown = t.global_step
             if t.global_step % 50 == 0:
-                self.bar.set_postfix(ep=t.episode, ret100=f"{mean100:.1f}", eps=f"{t.epsilon:.3f}", refresh=False)
+                self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
+                                     refresh=False)
             return
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             print(kv_line("progress", global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
-                          mean_return_100=round(mean100, 2), epsilon=round(t.epsilon, 4), replay=len(t.replay),
+                          mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4), replay=len(t.replay),
                           bout_left_s=round(max(0.0, deadline - now))), flush=True)
 
     def close(self) -> None:
@@ -505,14 +511,19 @@ class _Progress:
             self.bar.close()
 
 
+def read_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A training checkpoint, or an exception saying why the file is not one."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "q_network" not in ckpt:
+        raise ValueError("not a training checkpoint")
+    return ckpt
+
+
 def load_newest_checkpoint(ckpt_dir: Path, map_location="cpu"):
     """(path, checkpoint) of the newest loadable checkpoint; a corrupt newer one is skipped with a warning."""
     for path in sorted(Path(ckpt_dir).glob("ckpt_*.pt"), reverse=True):
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=False)
-            if not isinstance(ckpt, dict) or "q_network" not in ckpt:
-                raise ValueError("not a training checkpoint")
-            return path, ckpt
+            return path, read_checkpoint(path, map_location)
         except Exception as e:
             log(f"warning: checkpoint {path.name} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "
                 "falling back to the previous one")
@@ -521,8 +532,8 @@ def load_newest_checkpoint(ckpt_dir: Path, map_location="cpu"):
 
 def _loadable(path: Path) -> bool:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        return isinstance(ckpt, dict) and "q_network" in ckpt
+        read_checkpoint(path)
+        return True
     except Exception:
         return False
 

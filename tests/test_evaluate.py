@@ -67,7 +67,7 @@ def test_gif_is_an_animation_with_every_step(cartpole_run, tmp_path, capsys):
 
 def test_carracing_gif_shows_agent_view_beside_render(tmp_path):
     cfg = utils.load_config({"obs_size": 48})
-    ret, steps = __import__("envs").record_gif(cfg, lambda obs: 3, tmp_path / "c.gif", max_steps=5)
+    ret, steps = __import__("envs").record_gif(cfg, lambda env: (lambda obs: 3), tmp_path / "c.gif", max_steps=5)
     with Image.open(tmp_path / "c.gif") as im:
         assert im.n_frames == 6 and im.size == (200 + 300, 200)  # driving: every frame differs
 
@@ -135,3 +135,20 @@ def test_exported_weights_give_the_same_table(cartpole_run, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(ckpt), "--episodes", "3", "--out", str(tmp_path / "b")]) == 0
     returns = [list(csv.DictReader((tmp_path / d / "evaluation.csv").open()))[0]["returns"] for d in "ab"]
     assert returns[0] == returns[1]
+
+
+def test_gif_of_a_baseline_that_reads_the_environment(tmp_path, capsys):
+    gif = tmp_path / "pid.gif"
+    assert evaluate.main(["--baseline", "pid", "--gif", str(gif), "--no-table"]) == 0
+    with Image.open(gif) as im:
+        assert im.is_animated
+
+
+def test_pid_starts_every_episode_afresh(capsys, tmp_path):
+    # the same seed twice in one table gives the same return: no controller state leaks between episodes
+    import utils as u
+
+    agent = evaluate.pid_agent(u.load_config())
+    a = evaluate.evaluate_agent(agent, 1, 3, lenient=False)
+    b = evaluate.evaluate_agent(agent, 1, 3, lenient=False)
+    assert a["returns"] == b["returns"]
