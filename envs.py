@@ -17,6 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.box2d import car_dynamics as cd
 from gymnasium.envs.box2d import car_racing as cr
 from gymnasium.error import InvalidAction
 
@@ -67,6 +68,8 @@ _FIELD = np.array([(cr.PLAYFIELD, cr.PLAYFIELD), (cr.PLAYFIELD, -cr.PLAYFIELD), 
                    (-cr.PLAYFIELD, cr.PLAYFIELD)], dtype=np.float64)
 _WINDOW_CORNERS = ((0, 0), (cr.WINDOW_W, 0), (cr.WINDOW_W, cr.WINDOW_H), (0, cr.WINDOW_H))
 _OFFSCREEN_MARGIN = 4.0  # px beyond the window edge that anti-aliasing and integer rounding could still touch
+_HUD_ROWS = round(5 * cr.WINDOW_H / 40)  # bottom rows the HUD's black polygon paints over
+_WHEEL_WHITE = cd.WHEEL_WHITE
 _FILL_MARGIN = 4.0  # px: anti-aliased edges stay this far outside the window before the fill shortcut is used
 
 
@@ -79,6 +82,8 @@ class FastCarRacing(cr.CarRacing):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._canvas = None
+        self._frame = None
+        self._car_parts = None
         self._road_key = None
         self._poly_pts = _GRASS
         self._poly_colors: list = []
@@ -115,8 +120,11 @@ class FastCarRacing(cr.CarRacing):
         trans = (cr.WINDOW_W / 2 + trans[0], cr.WINDOW_H / 4 + trans[1])
 
         self._render_road(zoom, trans, angle)
-        self.car.draw(self.surf, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
-        self.surf = pygame.transform.flip(self.surf, False, True)
+        if mode == "state_pixels":
+            self._draw_car(zoom, trans, angle)
+        else:  # rgb_array draws the tyre particles too
+            self.car.draw(self.surf, zoom, trans, angle, True)
+        self.surf = self._flipped()
         self._render_indicators(cr.WINDOW_W, cr.WINDOW_H)
 
         label = f"{self.reward:04.0f}"
@@ -141,6 +149,79 @@ class FastCarRacing(cr.CarRacing):
             return self._create_image_array(self.surf, (cr.STATE_W, cr.STATE_H))
         return self.isopen
 
+    def _flipped(self):
+        """The canvas flipped upside down, as `pygame.transform.flip(canvas, False, True)`, into a
+        surface kept between frames. The bottom `_HUD_ROWS` rows are left as they are: the HUD's
+        black polygon, drawn next, covers every one of their pixels."""
+        if self._frame is None:
+            self._frame = pygame.Surface((cr.WINDOW_W, cr.WINDOW_H))
+        src = pygame.surfarray.pixels2d(self._canvas)  # [W, H] views: no copy
+        dst = pygame.surfarray.pixels2d(self._frame)
+        dst[:, :cr.WINDOW_H - _HUD_ROWS] = src[:, cr.WINDOW_H - 1:_HUD_ROWS - 1:-1]
+        del src, dst  # unlock both surfaces before drawing and blitting on them
+        return self._frame
+
+    def _draw_car(self, zoom, translation, angle):
+        """`Car.draw(surface, zoom, translation, angle, draw_particles=False)` with every vertex
+        transformed in one numpy pass: Box2D's float32 `b2Mul(transform, v)`, then pygame's
+        `rotate_rad` and the scaling in float64; the polygons are drawn in the stock order."""
+        car = self.car
+        if self._car_parts is None or self._car_parts[0] is not car:
+            bodies, verts, owner, shapes = [], [], [], []  # shapes: (colour, vertex count, wheel index)
+            for obj in car.drawlist:
+                bodies.append(obj)
+                wheel = "phase" in obj.__dict__
+                for f in obj.fixtures:
+                    vs = f.shape.vertices
+                    verts.extend(vs)
+                    owner.extend([len(bodies) - 1] * len(vs))
+                    shapes.append(([int(c * 255) for c in obj.color], len(vs), len(bodies) - 1 if wheel else None))
+            self._car_parts = (car, bodies, np.array(verts, dtype=np.float32), np.array(owner), shapes)
+        _, bodies, verts, owner, shapes = self._car_parts
+        qp, whites, white_owner = [], [], []
+        for b in bodies:
+            t = b.transform
+            q, p = t.q, t.position
+            qp.append((q.c, q.s, p[0], p[1]))
+        # every wheel's white mark, in local coordinates (stock arithmetic, float64 then float32)
+        drawn = []
+        for color, n, w in shapes:
+            drawn.append((color, n))
+            if w is None:
+                continue
+            phase = bodies[w].phase
+            s1, s2 = math.sin(phase), math.sin(phase + 1.2)
+            if s1 > 0 and s2 > 0:
+                continue
+            c1, c2 = math.cos(phase), math.cos(phase + 1.2)
+            if s1 > 0:
+                c1 = np.sign(c1)
+            if s2 > 0:
+                c2 = np.sign(c2)
+            x, y1, y2 = cd.WHEEL_W * cd.SIZE, cd.WHEEL_R * c1 * cd.SIZE, cd.WHEEL_R * c2 * cd.SIZE
+            whites.append(((-x, y1), (x, y1), (x, y2), (-x, y2)))
+            white_owner.append(w)
+            drawn.append((_WHEEL_WHITE, -len(whites)))  # negative: the k-th white mark
+        tq = np.array(qp, dtype=np.float32)
+        v, own = verts, owner
+        if whites:
+            v = np.concatenate([verts, np.array(whites, dtype=np.float32).reshape(-1, 2)])
+            own = np.concatenate([owner, np.repeat(white_owner, 4)])
+        c, s_, px, py = tq[own].T
+        # b2Mul in float32: ((c*x - s*y) + p.x, (s*x + c*y) + p.y), each operation rounded
+        wx = (c * v[:, 0] - s_ * v[:, 1]) + px
+        wy = (s_ * v[:, 0] + c * v[:, 1]) + py
+        x, y = rotate(wx.astype(np.float64), wy.astype(np.float64), rotation(angle))
+        points = list(zip((x * zoom + translation[0]).tolist(), (y * zoom + translation[1]).tolist()))
+        start, white_start = 0, len(verts)
+        for color, n in drawn:
+            if n > 0:
+                pygame.draw.polygon(self.surf, color=color, points=points[start:start + n])
+                start += n
+            else:
+                k = white_start + 4 * (-n - 1)
+                pygame.draw.polygon(self.surf, color=color, points=points[k:k + 4])
+
     def _polygons(self):
         """World points `[N, 4, 2]` of every grass and road polygon in stock drawing order, and their
         colours (None = grass). Rebuilt when a new track is made."""
@@ -163,10 +244,12 @@ class FastCarRacing(cr.CarRacing):
 
         field = [(x * zoom + tx, y * zoom + ty) for x, y in
                  (rotate(px, py, rot) for px, py in _FIELD.tolist())]
+        # rows under the HUD are never copied into the frame (see _flipped): leave them alone
+        shown = (0, _HUD_ROWS, W, H - _HUD_ROWS)
         if _window_inside(field, _FILL_MARGIN):
-            self.surf.fill(self.bg_color)  # what the stock polygon draws over the whole window
+            self.surf.fill(self.bg_color, shown)  # what the stock polygon draws over the whole window
         else:
-            self.surf.fill((0, 0, 0))  # a fresh surface is black
+            self.surf.fill((0, 0, 0), shown)  # a fresh surface is black
             gfxdraw.aapolygon(self.surf, field, self.bg_color)
             gfxdraw.filled_polygon(self.surf, field, self.bg_color)
 
@@ -190,10 +273,11 @@ class FastCarRacing(cr.CarRacing):
         m = cr.MAX_SHAPE_DIM
         # the stock culling test, which keeps polygons up to MAX_SHAPE_DIM (~380 px) off-screen ...
         visible = (((-m <= x) & (x <= W + m)) & ((-m <= y) & (y <= H + m))).any(axis=1)
-        # ... and of those, skip the ones whose bounding box misses the window by a few pixels:
-        # SDL_gfx clips to the surface, so they cannot change a pixel
+        # ... and of those, skip the ones whose bounding box misses the window by a few pixels
+        # (SDL_gfx clips to the surface, so they cannot change a pixel) or lies wholly in the rows
+        # the HUD paints over
         s = _OFFSCREEN_MARGIN
-        visible &= (x.max(1) >= -s) & (x.min(1) <= W + s) & (y.max(1) >= -s) & (y.min(1) <= H + s)
+        visible &= (x.max(1) >= -s) & (x.min(1) <= W + s) & (y.max(1) >= _HUD_ROWS - s) & (y.min(1) <= H + s)
         idx = np.flatnonzero(visible)
         xs, ys = x[idx].tolist(), y[idx].tolist()
         grass = self.grass_color
@@ -211,10 +295,20 @@ class FastCarRacing(cr.CarRacing):
             self.car.steer(-action[0])
             self.car.gas(action[1])
             self.car.brake(action[2])
-        else:
-            self.car.steer(-0.6 * (action == 1) + 0.6 * (action == 2))
-            self.car.gas(0.2 * (action == 3))
-            self.car.brake(0.8 * (action == 4))
+        else:  # Car.steer, Car.gas and Car.brake inlined (np.clip of 0 or 0.2 to [0, 1] is a no-op)
+            wheels = self.car.wheels
+            steer = -0.6 * (action == 1) + 0.6 * (action == 2)
+            wheels[0].steer = steer
+            wheels[1].steer = steer
+            gas = 0.2 * (action == 3)
+            for w in wheels[2:4]:
+                diff = gas - w.gas
+                if diff > 0.1:
+                    diff = 0.1  # gradually increase, but stop immediately
+                w.gas += diff
+            brake = 0.8 * (action == 4)
+            for w in wheels:
+                w.brake = brake
 
     def step_repeat(self, action, repeat: int):
         """`repeat` stock steps with the same action, rendering only the observation returned.
@@ -225,7 +319,7 @@ class FastCarRacing(cr.CarRacing):
         `step` draws it (the score digits depend on that order).
         """
         assert self.car is not None
-        if not self.continuous and not self.action_space.contains(action):
+        if not self.continuous and not (type(action) is int and 0 <= action < 5) and not self.action_space.contains(action):
             raise InvalidAction(f"you passed the invalid action `{action}`. "
                                 f"The supported action_space is `{self.action_space}`")
         total = 0.0

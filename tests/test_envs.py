@@ -137,6 +137,74 @@ def test_identical_with_domain_randomize():
                 rollout(envs.FastCarRacing(**kw), random_policy(2), 80, seed=2))
 
 
+def numpy_int_policy(seed):
+    rng = np.random.default_rng(seed)
+    return lambda env: np.int64(rng.integers(5))  # what an argmax or a vector env hands over
+
+
+def continuous_policy(seed):
+    rng = np.random.default_rng(seed)  # gas beyond [0, 1] exercises the stock clipping
+    return lambda env: np.array([rng.uniform(-1, 1), rng.uniform(-0.2, 1.2), rng.uniform(0, 0.3)])
+
+
+def test_identical_with_numpy_integer_and_continuous_actions():
+    assert_same(rollout(CarRacing(continuous=False), numpy_int_policy(4), 60, seed=4),
+                rollout(envs.FastCarRacing(continuous=False), numpy_int_policy(4), 60, seed=4))
+    assert_same(rollout(CarRacing(continuous=True), continuous_policy(6), 60, seed=6),
+                rollout(envs.FastCarRacing(continuous=True), continuous_policy(6), 60, seed=6))
+
+
+@pytest.mark.parametrize("action", [5, -1, np.int64(7), 2.0, "1"])
+def test_invalid_actions_are_rejected_like_stock(action):
+    fast = envs.FastCarRacing(continuous=False)
+    fast.reset(seed=0)
+    with pytest.raises(gym.error.InvalidAction):
+        fast.step_repeat(action, 4)
+
+
+def test_fast_car_drawing_equals_stock_car_draw():
+    """_draw_car (one numpy pass, float32 Box2D transforms) against Car.draw, pixel for pixel, over
+    states with the wheels' white marks in every phase."""
+    env = envs.FastCarRacing(continuous=False)
+    env.reset(seed=9)
+    rng = np.random.default_rng(9)
+    stock_surf, fast_surf = envs.pygame.Surface((800, 600)), envs.pygame.Surface((800, 600))
+    for i in range(120):
+        env.step(int(rng.integers(5)))
+        angle, zoom = -env.car.hull.angle, 10 + i / 7  # a camera on the car, as _render has it
+        x, y = env.car.hull.position
+        shift = envs.pygame.math.Vector2(-x * zoom, -y * zoom).rotate_rad(angle)
+        trans = (400 + shift[0] + i / 3, 300 + shift[1] - i / 5)
+        stock_surf.fill((0, 0, 0))
+        fast_surf.fill((0, 0, 0))
+        env.car.draw(stock_surf, zoom, trans, angle, False)
+        env.surf = fast_surf  # what _render does: draw on the surface in self.surf
+        env._draw_car(zoom, trans, angle)
+        stock, fast = (envs.pygame.surfarray.array2d(s) for s in (stock_surf, fast_surf))
+        assert np.array_equal(stock, fast), f"car drawing differs at step {i}"
+        assert (fast != 0).sum() > 100  # the car was really drawn in the window
+
+
+def test_hud_covers_the_rows_the_flip_leaves_out():
+    """_flipped copies every row but the bottom _HUD_ROWS: the stock HUD polygon paints all of them."""
+    W, H = envs.cr.WINDOW_W, envs.cr.WINDOW_H
+    surf = envs.pygame.Surface((W, H))
+    surf.fill((255, 255, 255))
+    envs.pygame.draw.polygon(surf, (0, 0, 0), [(W, H), (W, H - 5 * H / 40), (0, H - 5 * H / 40), (0, H)])
+    black_rows = np.flatnonzero((envs.pygame.surfarray.array2d(surf) == 0).all(axis=0))
+    assert black_rows.tolist() == list(range(H - envs._HUD_ROWS, H))
+
+    env = envs.FastCarRacing(continuous=False)
+    env.reset(seed=1)
+    env._canvas = envs.pygame.Surface((W, H))
+    pixels = np.random.default_rng(1).integers(0, 2**24, size=(W, H)).astype(np.uint32)
+    envs.pygame.surfarray.blit_array(env._canvas, pixels)
+    flipped = envs.pygame.transform.flip(env._canvas, False, True)
+    shown = slice(0, H - envs._HUD_ROWS)
+    assert np.array_equal(envs.pygame.surfarray.array2d(env._flipped())[:, shown],
+                          envs.pygame.surfarray.array2d(flipped)[:, shown])
+
+
 def test_rotation_reproduces_pygame_exactly():
     rng = np.random.default_rng(0)
     for i in range(3000):
