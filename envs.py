@@ -9,6 +9,8 @@ action and renders only the sub-step whose observation is returned.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import os
 from functools import partial
@@ -120,10 +122,10 @@ class FastCarRacing(cr.CarRacing):
         trans = (cr.WINDOW_W / 2 + trans[0], cr.WINDOW_H / 4 + trans[1])
 
         self._render_road(zoom, trans, angle)
-        if mode == "state_pixels":
+        if mode == "state_pixels" and INLINE_CAR_DRAW:
             self._draw_car(zoom, trans, angle)
         else:  # rgb_array draws the tyre particles too
-            self.car.draw(self.surf, zoom, trans, angle, True)
+            self.car.draw(self.surf, zoom, trans, angle, mode != "state_pixels")
         self.surf = self._flipped()
         self._render_indicators(cr.WINDOW_W, cr.WINDOW_H)
 
@@ -279,11 +281,12 @@ class FastCarRacing(cr.CarRacing):
         s = _OFFSCREEN_MARGIN
         visible &= (x.max(1) >= -s) & (x.min(1) <= W + s) & (y.max(1) >= _HUD_ROWS - s) & (y.min(1) <= H + s)
         idx = np.flatnonzero(visible)
-        xs, ys = x[idx].tolist(), y[idx].tolist()
+        polys = np.stack([x[idx], y[idx]], axis=-1).tolist()  # [n][4][2] Python floats
         grass = self.grass_color
-        for j, i in enumerate(near[idx].tolist()):  # ascending: the stock drawing order
-            poly = list(zip(xs[j], ys[j]))
-            color = grass if colors[i] is None else [int(c) for c in colors[i]]
+        for poly, i in zip(polys, near[idx].tolist()):  # ascending: the stock drawing order
+            c = colors[i]
+            # stock: [int(c) for c in color]; a tile's colour is a float array, a kerb's a tuple
+            color = grass if c is None else [int(v) for v in (c.tolist() if type(c) is np.ndarray else c)]
             gfxdraw.aapolygon(self.surf, poly, color)
             gfxdraw.filled_polygon(self.surf, poly, color)
 
@@ -292,23 +295,25 @@ class FastCarRacing(cr.CarRacing):
         """The stock `step`'s action handling (the action was validated by step_repeat)."""
         if self.continuous:
             action = action.astype(np.float64)
-            self.car.steer(-action[0])
-            self.car.gas(action[1])
-            self.car.brake(action[2])
-        else:  # Car.steer, Car.gas and Car.brake inlined (np.clip of 0 or 0.2 to [0, 1] is a no-op)
-            wheels = self.car.wheels
-            steer = -0.6 * (action == 1) + 0.6 * (action == 2)
-            wheels[0].steer = steer
-            wheels[1].steer = steer
-            gas = 0.2 * (action == 3)
-            for w in wheels[2:4]:
-                diff = gas - w.gas
-                if diff > 0.1:
-                    diff = 0.1  # gradually increase, but stop immediately
-                w.gas += diff
-            brake = 0.8 * (action == 4)
-            for w in wheels:
-                w.brake = brake
+            steer, gas, brake = -action[0], action[1], action[2]
+        else:
+            steer, gas, brake = -0.6 * (action == 1) + 0.6 * (action == 2), 0.2 * (action == 3), 0.8 * (action == 4)
+        if self.continuous or not INLINE_CONTROLS:
+            self.car.steer(steer)
+            self.car.gas(gas)
+            self.car.brake(brake)
+            return
+        # Car.steer, Car.gas and Car.brake inlined (np.clip of 0 or 0.2 to [0, 1] is a no-op)
+        wheels = self.car.wheels
+        wheels[0].steer = steer
+        wheels[1].steer = steer
+        for w in wheels[2:4]:
+            diff = gas - w.gas
+            if diff > 0.1:
+                diff = 0.1  # gradually increase, but stop immediately
+            w.gas += diff
+        for w in wheels:
+            w.brake = brake
 
     def step_repeat(self, action, repeat: int):
         """`repeat` stock steps with the same action, rendering only the observation returned.
@@ -375,6 +380,21 @@ def _window_inside(poly: list[tuple[float, float]], margin: float) -> bool:
             if orient * (ex * (cy - y0) - ey * (cx - x0)) / length <= margin:
                 return False
     return True
+
+
+def _stock_is(func, digest: str) -> bool:
+    """True when `func`'s source is the one an inlined copy reproduces (its SHA-256 prefix): with
+    another Gymnasium version FastCarRacing calls the stock code instead."""
+    try:
+        return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16] == digest
+    except (OSError, TypeError):
+        return False
+
+
+# gymnasium 1.x's car_dynamics, as FastCarRacing's inlined copies were made from
+INLINE_CONTROLS = all(_stock_is(getattr(cd.Car, name), digest) for name, digest in
+                      (("gas", "873c8186d5211e83"), ("steer", "2b723d9d7b0c2080"), ("brake", "5d2fcdf579b34159")))
+INLINE_CAR_DRAW = _stock_is(cd.Car.draw, "c83f372eedd2fd25")
 
 
 gym.register(id="FastCarRacing-v3", entry_point="envs:FastCarRacing", max_episode_steps=CARRACING_FRAMES,

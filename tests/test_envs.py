@@ -154,6 +154,17 @@ def test_identical_with_numpy_integer_and_continuous_actions():
                 rollout(envs.FastCarRacing(continuous=True), continuous_policy(6), 60, seed=6))
 
 
+def test_stock_code_is_called_when_gymnasium_changed_it(monkeypatch):
+    """The inlined car drawing and controls are used only while Car's source is the one they copy;
+    otherwise the stock methods run, and the observations stay identical either way."""
+    assert envs._stock_is(envs.cd.Car.draw, "c83f372eedd2fd25") == envs.INLINE_CAR_DRAW
+    assert not envs._stock_is(envs.cd.Car.draw, "0000000000000000")
+    monkeypatch.setattr(envs, "INLINE_CAR_DRAW", False)
+    monkeypatch.setattr(envs, "INLINE_CONTROLS", False)
+    assert_same(rollout(CarRacing(continuous=False), random_policy(8), 40, seed=8),
+                rollout(envs.FastCarRacing(continuous=False), random_policy(8), 40, seed=8))
+
+
 @pytest.mark.parametrize("action", [5, -1, np.int64(7), 2.0, "1"])
 def test_invalid_actions_are_rejected_like_stock(action):
     fast = envs.FastCarRacing(continuous=False)
