@@ -1,0 +1,161 @@
+"""Short-run tuning sweep on CarRacing-v3: one change at a time against the base training config.
+
+    python bench/tune.py [--variants base,per,...] [--steps 40000] [--episodes 10] [--out docs/tuning.jsonl]
+    python bench/tune.py --report      # the table and docs/tuning.png from what is recorded
+
+Every variant trains from scratch with train.Trainer (the real loop) for `--steps` agent steps and
+then plays `--episodes` greedy full episodes (no lenient termination) on fixed seeds 100, 101, ...
+(tracks kept apart from the 0-49 of the published table). One JSON line per finished variant is
+appended to `--out`, so a killed sweep goes on where it stopped (finished variants are skipped);
+several sweeps may run side by side on one file (each re-reads it before a variant). At the end a
+markdown table of every recorded variant is printed and a bar chart written (`--plot`). `--list`
+shows the variants.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+import utils  # noqa: E402
+
+# The configuration the shipped agents were trained with (README "How they were trained").
+BASE = {"env_id": "CarRacing-v3", "architecture": "ann", "lenient_termination": 25, "eval_every": 0,
+        "checkpoint_every": 10**6, "save_replay": False, "stop_learning_at_win_percent": 0,
+        "max_run_time": 10**6, "seed": 0}
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "base": ("shipped config (ANN)", {}),
+    "base-seed1": ("shipped config, seed 1 (noise)", {"seed": 1}),
+    "lr2.5e-4": ("learning_rate 2.5e-4", {"learning_rate": 2.5e-4}),
+    "soft-tau": ("soft target, tau 0.005 every step", {"target_update_every": 1, "target_tau": 0.005}),
+    "per": ("prioritized replay", {"prioritized_replay": True}),
+    "no-lenient": ("lenient_termination off", {"lenient_termination": 0}),
+    "decay0.98": ("epsilon x0.98 per episode", {"decay": 0.98}),
+    "decay0.995": ("epsilon x0.995 per episode", {"decay": 0.995}),
+    "train-every2": ("an update every 2 agent steps", {"train_every": 2}),
+    "stack2": ("frame_stack 2", {"frame_stack": 2}),
+    "snn-mean": ("SNN hybrid T=25, readout mean", {"architecture": "snn", "snn_readout": "mean"}),
+    "snn-last": ("SNN hybrid T=25, readout last", {"architecture": "snn", "snn_readout": "last"}),
+}
+
+
+def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
+    label, overrides = VARIANTS[name]
+    cfg = utils.load_config({**BASE, **overrides, "name": f"tune-{name}", "runs_dir": str(runs_dir),
+                             "total_steps": steps})
+    trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
+    start = time.perf_counter()
+    trainer.run()
+    train_s = time.perf_counter() - start
+    with open(cfg.run_dir() / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    last = [float(r["return"]) for r in rows[-50:]]
+    agent = evaluate.Agent(name, cfg, lambda env: trainer.greedy)
+    ev = evaluate.evaluate_agent(agent, episodes, seed=100, lenient=False)
+    return {"variant": name, "change": label, "overrides": overrides, "steps": trainer.global_step,
+            "episodes_trained": trainer.episode, "train_s": round(train_s), "train_last50": round(float(np.mean(last)), 1),
+            "eval_mean": round(ev["average"], 1), "eval_std": round(ev["std"], 1), "eval_min": round(ev["min"], 1),
+            "eval_episodes": episodes, "eval_returns": [round(r, 1) for r in ev["returns"]]}
+
+
+def recorded_runs(out: Path) -> set[tuple[str, int]]:
+    if not out.exists():
+        return set()
+    return {(r["variant"], r["steps"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+
+
+def print_table(results: list[dict]) -> None:
+    """A markdown table of the recorded variants, best greedy evaluation first."""
+    print("\n| variant | change | episodes | train s | last 50 train | eval mean | eval std | eval min |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in sorted(results, key=lambda r: -r["eval_mean"]):
+        print(f"| {r['variant']} | {r['change']} | {r['episodes_trained']} | {r['train_s']} | {r['train_last50']} | "
+              f"{r['eval_mean']} | {r['eval_std']} | {r['eval_min']} |")
+
+
+def plot(results: list[dict], out_png: Path) -> Path:
+    """Every variant's greedy evaluation returns (dots), their mean ± std (bar) and the mean training
+    return of its last 50 episodes (diamond), best first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["eval_mean"])
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.5))
+    ys = np.arange(len(results))
+    ax.barh(ys, [r["eval_mean"] for r in results], xerr=[r["eval_std"] for r in results], color="#9ecae1",
+            capsize=3, label="greedy eval mean ± std")
+    for y, r in zip(ys, results):
+        ax.plot(r["eval_returns"], [y] * len(r["eval_returns"]), "k.", markersize=3, alpha=0.6)
+    ax.plot([r["train_last50"] for r in results], ys, "D", color="#e6550d", markersize=5,
+            label="training return, last 50 episodes")
+    ax.set_yticks(ys, [f"{r['variant']}: {r['change']}" for r in results], fontsize=8)
+    ax.axvline(0, color="gray", linewidth=0.8)
+    ax.set_xlabel(f"return ({results[0]['steps']} agent steps of training; {results[0]['eval_episodes']} greedy episodes)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def main() -> None:
+    import run  # the launcher's allocator settings (large tensors otherwise page-fault on every update: ~2x slower)
+
+    missing = {k: v for k, v in run.ALLOCATOR_DEFAULTS.items() if k not in os.environ}
+    if missing:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (see --list)")
+    p.add_argument("--steps", type=int, default=40_000, help="agent steps per short run (default 40000)")
+    p.add_argument("--episodes", type=int, default=10, help="greedy evaluation episodes (default 10)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "tuning.jsonl", help="JSON lines, appended")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    p.add_argument("--report", action="store_true", help="train nothing: print the table and write the plot "
+                   "of what --out holds for --steps")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "tuning.png", help="bar chart written at the end")
+    args = p.parse_args()
+    if args.list:
+        for name, (label, overrides) in VARIANTS.items():
+            print(f"{name:<13} {label:<36} {json.dumps(overrides)}")
+        return
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; see --list")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [] if args.report else names:
+            if (name, args.steps) in recorded_runs(args.out):  # read again: sweeps may run side by side
+                print(f"{name}: already recorded in {args.out}, skipped", file=sys.stderr)
+                continue
+            result = run_variant(name, args.steps, args.episodes, Path(tmp))
+            print(json.dumps(result), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+    recorded = [json.loads(line) for line in args.out.read_text().splitlines() if line] if args.out.exists() else []
+    recorded = [r for r in recorded if r["steps"] == args.steps]
+    if not recorded:
+        sys.exit(f"error: {args.out} holds no variant trained for {args.steps} steps")
+    print_table(recorded)
+    print(f"\nplot: {plot(recorded, args.plot)}")
+
+
+if __name__ == "__main__":
+    main()
