@@ -180,15 +180,17 @@ class FastCarRacing(cr.CarRacing):
                     shapes.append(([int(c * 255) for c in obj.color], len(vs), len(bodies) - 1 if wheel else None))
             self._car_parts = (car, bodies, np.array(verts, dtype=np.float32), np.array(owner), shapes)
         _, bodies, verts, owner, shapes = self._car_parts
-        qp, whites, white_owner = [], [], []
+        qp = []
         for b in bodies:
             t = b.transform
             q, p = t.q, t.position
             qp.append((q.c, q.s, p[0], p[1]))
         # every wheel's white mark, in local coordinates (stock arithmetic, float64 then float32)
-        drawn = []
+        whites, white_owner = [], []
+        drawn, start = [], 0  # (colour, first vertex, vertex count) in the stock drawing order
         for color, n, w in shapes:
-            drawn.append((color, n))
+            drawn.append((color, start, n))
+            start += n
             if w is None:
                 continue
             phase = bodies[w].phase
@@ -201,9 +203,9 @@ class FastCarRacing(cr.CarRacing):
             if s2 > 0:
                 c2 = np.sign(c2)
             x, y1, y2 = cd.WHEEL_W * cd.SIZE, cd.WHEEL_R * c1 * cd.SIZE, cd.WHEEL_R * c2 * cd.SIZE
+            drawn.append((_WHEEL_WHITE, len(verts) + 4 * len(whites), 4))
             whites.append(((-x, y1), (x, y1), (x, y2), (-x, y2)))
             white_owner.append(w)
-            drawn.append((_WHEEL_WHITE, -len(whites)))  # negative: the k-th white mark
         tq = np.array(qp, dtype=np.float32)
         v, own = verts, owner
         if whites:
@@ -215,14 +217,8 @@ class FastCarRacing(cr.CarRacing):
         wy = (s_ * v[:, 0] + c * v[:, 1]) + py
         x, y = rotate(wx.astype(np.float64), wy.astype(np.float64), rotation(angle))
         points = list(zip((x * zoom + translation[0]).tolist(), (y * zoom + translation[1]).tolist()))
-        start, white_start = 0, len(verts)
-        for color, n in drawn:
-            if n > 0:
-                pygame.draw.polygon(self.surf, color=color, points=points[start:start + n])
-                start += n
-            else:
-                k = white_start + 4 * (-n - 1)
-                pygame.draw.polygon(self.surf, color=color, points=points[k:k + 4])
+        for color, first, n in drawn:
+            pygame.draw.polygon(self.surf, color=color, points=points[first:first + n])
 
     def _polygons(self):
         """World points `[N, 4, 2]` of every grass and road polygon in stock drawing order, and their
@@ -324,7 +320,8 @@ class FastCarRacing(cr.CarRacing):
         `step` draws it (the score digits depend on that order).
         """
         assert self.car is not None
-        if not self.continuous and not (type(action) is int and 0 <= action < 5) and not self.action_space.contains(action):
+        if (not self.continuous and not (type(action) is int and 0 <= action < self.action_space.n)
+                and not self.action_space.contains(action)):
             raise InvalidAction(f"you passed the invalid action `{action}`. "
                                 f"The supported action_space is `{self.action_space}`")
         total = 0.0
