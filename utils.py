@@ -99,8 +99,8 @@ def _keys() -> list[Key]:
         K("eval_every", 25, "int", "Episodes between greedy evaluations during training; 0 = off.", low=0),
         K("eval_episodes", 3, "int", "Episodes per evaluation during training.", low=1),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
-        K("snn_readout", "last", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over "
-          "steps (`last` fits Q-targets best, see bench/readout.py).",
+        K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over "
+          "steps (`mean` learns CarRacing best in short training runs, see bench/tune.py).",
           choices=("mean", "last", "max")),
         K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),

@@ -25,11 +25,12 @@ import train  # noqa: E402
 import utils  # noqa: E402
 
 # Chosen by short runs (README): a soft target update and a fast ε decay solve CartPole; a periodic
-# hard copy every 500 steps with lr 2.5e-4 did not within 50k steps.
+# hard copy every 500 steps with lr 2.5e-4 did not within 50k steps. The readout is pinned to the one
+# the README's numbers were measured with (the project default changed to "mean" later).
 CONFIG = {"env_id": "CartPole-v1", "hidden_layers": [256, 256], "learning_rate": 1e-3, "batch": 64,
           "replay_size": 20_000, "learning_starts": 1000, "train_every": 1, "target_update_every": 1,
           "target_tau": 0.005, "decay": 0.95, "epsilon_min": 0.01, "gamma": 0.99, "eval_every": 0,
-          "checkpoint_every": 10**6, "save_replay": False, "snn_tSteps": 8, "win_threshold": 475,
+          "checkpoint_every": 10**6, "save_replay": False, "snn_tSteps": 8, "snn_readout": "last", "win_threshold": 475,
           "stop_learning_at_win_percent": 0}
 
 
