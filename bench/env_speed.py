@@ -54,14 +54,14 @@ class Runner:
         self.rng = np.random.default_rng(seed)
         self.episode_seed = seed
         self.env.reset(seed=seed)
-        self.steps = self.frames = 0
+        self.steps = self.frames = self.done = 0  # timed steps and frames; all steps
         self.seconds = 0.0
 
-    def advance(self, n: int) -> float:
-        """`n` agent steps; returns their wall time."""
+    def advance(self, n: int, timed: bool = True) -> float:
+        """`n` agent steps; returns their wall time (added to the totals when `timed`)."""
         env, skipper, frames = self.env, self.skipper, 0
         t0 = time.perf_counter()
-        for i in range(self.steps, self.steps + n):
+        for i in range(self.done, self.done + n):
             action = int(self.rng.integers(5))
             if self.fast:
                 before = skipper.frames
@@ -81,9 +81,11 @@ class Runner:
                 self.episode_seed += 1
                 env.reset(seed=self.episode_seed)
         dt = time.perf_counter() - t0
-        self.steps += n
-        self.frames += frames
-        self.seconds += dt
+        self.done += n
+        if timed:
+            self.steps += n
+            self.frames += frames
+            self.seconds += dt
         return dt
 
     def result(self) -> dict:
@@ -97,14 +99,17 @@ def run(make, skip: int, steps: int) -> dict:
     return runner.result()
 
 
-def interleaved(makers: dict, skip: int, steps: int, rounds: int) -> tuple[dict, list[float]]:
+def interleaved(makers: dict, skip: int, steps: int, rounds: int, warmup: int = 25) -> tuple[dict, list[float]]:
     """Stock, fast and physics in alternating chunks of steps/rounds agent steps (the fast env checked
     against stock chunk by chunk), so that a machine whose speed drifts during the run slows all of
-    them alike. Returns each one's result and the fast/stock ratio of every round."""
+    them alike, after `warmup` untimed steps each (first-step checks, font and surface creation).
+    Returns each one's result and the fast/stock ratio of every round."""
     reference: list = []
     runners = {"stock": Runner(makers["stock"], skip, record=reference),
                "fast": Runner(makers["fast"], skip, check=reference),
                "physics": Runner(makers["physics"], skip)}
+    for runner in runners.values():
+        runner.advance(warmup, timed=False)
     ratios = []
     for r in range(rounds):
         n = steps // rounds + (r < steps % rounds)
@@ -188,7 +193,8 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
     for skip, rr in round_ratios.items():
-        print(f"fast/stock per round, frame skip {skip}: " + " ".join(f"{r:.2f}" for r in rr))
+        print(f"fast/stock per round, frame skip {skip}: " + " ".join(f"{r:.2f}" for r in rr)
+              + f" (median {np.median(rr):.2f})")
     print("\nwhere the fast env's time goes (frame skip 4, profiled):")
     for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<26} {100 * v:5.1f}%")
