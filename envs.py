@@ -71,7 +71,6 @@ _FIELD = np.array([(cr.PLAYFIELD, cr.PLAYFIELD), (cr.PLAYFIELD, -cr.PLAYFIELD), 
 _WINDOW_CORNERS = ((0, 0), (cr.WINDOW_W, 0), (cr.WINDOW_W, cr.WINDOW_H), (0, cr.WINDOW_H))
 _OFFSCREEN_MARGIN = 4.0  # px beyond the window edge that anti-aliasing and integer rounding could still touch
 _HUD_ROWS = round(5 * cr.WINDOW_H / 40)  # bottom rows the HUD's black polygon paints over
-_WHEEL_WHITE = cd.WHEEL_WHITE
 _FILL_MARGIN = 4.0  # px: anti-aliased edges stay this far outside the window before the fill shortcut is used
 
 
@@ -203,7 +202,7 @@ class FastCarRacing(cr.CarRacing):
             if s2 > 0:
                 c2 = np.sign(c2)
             x, y1, y2 = cd.WHEEL_W * cd.SIZE, cd.WHEEL_R * c1 * cd.SIZE, cd.WHEEL_R * c2 * cd.SIZE
-            drawn.append((_WHEEL_WHITE, len(verts) + 4 * len(whites), 4))
+            drawn.append((cd.WHEEL_WHITE, len(verts) + 4 * len(whites), 4))
             whites.append(((-x, y1), (x, y1), (x, y2), (-x, y2)))
             white_owner.append(w)
         tq = np.array(qp, dtype=np.float32)

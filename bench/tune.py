@@ -71,10 +71,11 @@ def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
             "eval_episodes": episodes, "eval_returns": [round(r, 1) for r in ev["returns"]]}
 
 
-def recorded_runs(out: Path) -> set[tuple[str, int]]:
+def recorded(out: Path, steps: int) -> list[dict]:
+    """The results in `out` of variants trained for `steps` agent steps."""
     if not out.exists():
-        return set()
-    return {(r["variant"], r["steps"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+        return []
+    return [r for r in map(json.loads, out.read_text().splitlines()) if r["steps"] == steps]
 
 
 def print_table(results: list[dict]) -> None:
@@ -139,22 +140,23 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; see --list")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in [] if args.report else names:
-            if (name, args.steps) in recorded_runs(args.out):  # read again: sweeps may run side by side
-                print(f"{name}: already recorded in {args.out}, skipped", file=sys.stderr)
-                continue
-            result = run_variant(name, args.steps, args.episodes, Path(tmp))
-            print(json.dumps(result), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(result) + "\n")
-    recorded = [json.loads(line) for line in args.out.read_text().splitlines() if line] if args.out.exists() else []
-    recorded = [r for r in recorded if r["steps"] == args.steps]
-    if not recorded:
+    if not args.report:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                # read again before every variant: sweeps may run side by side on one file
+                if any(r["variant"] == name for r in recorded(args.out, args.steps)):
+                    print(f"{name}: already recorded in {args.out}, skipped", file=sys.stderr)
+                    continue
+                result = run_variant(name, args.steps, args.episodes, Path(tmp))
+                print(json.dumps(result), flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+    results = recorded(args.out, args.steps)
+    if not results:
         sys.exit(f"error: {args.out} holds no variant trained for {args.steps} steps")
-    print_table(recorded)
-    print(f"\nplot: {plot(recorded, args.plot)}")
+    print_table(results)
+    print(f"\nplot: {plot(results, args.plot)}")
 
 
 if __name__ == "__main__":
