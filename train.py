@@ -51,6 +51,7 @@ class Trainer:
         self.device = models.resolve_device(cfg.device)
         self.stop_signal: int | None = None
         self._seed_everything(cfg.seed)
+        init = read_init_weights(cfg) if cfg.init_weights else None  # bad input fails before anything is touched
 
         if new_run:
             self._archive_previous_run()
@@ -100,6 +101,11 @@ class Trainer:
             self._fetch_from_hub()
         resumed = False if new_run else self._resume()
         if not resumed:
+            if init is not None:
+                self.q_network.load_state_dict(init["q_network"])
+                self.target_network.load_state_dict(init["q_network"])
+                log(kv_line("init_weights", path=cfg.init_weights,
+                            trained_steps=(init.get("trained") or init.get("counters") or {}).get("global_step")))
             self.obs, _ = self.vec.reset(seed=cfg.seed)
             for e in range(cfg.agents):
                 self.replay.start(e, self.obs[e])
@@ -528,6 +534,27 @@ def load_newest_checkpoint(ckpt_dir: Path, map_location="cpu"):
             log(f"warning: checkpoint {path.name} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "
                 "falling back to the previous one")
     return None
+
+
+def read_init_weights(cfg) -> dict:
+    """The checkpoint named by `init_weights`, checked against the config's network shape."""
+    path = Path(cfg.init_weights)
+    if not path.is_absolute() and not path.exists():
+        path = Path(__file__).resolve().parent / path
+    if not path.is_file():
+        raise ConfigError(f"config key 'init_weights': {cfg.init_weights} does not exist; give a pretrained/*.pt file "
+                          "or a checkpoint, or \"\" for random weights")
+    try:
+        ckpt = read_checkpoint(path)
+    except Exception as e:
+        raise ConfigError(f"config key 'init_weights': {path} cannot be loaded ({type(e).__name__}); "
+                          "is it a complete checkpoint of this toolkit?") from None
+    old = ckpt.get("config", {})
+    for key in SHAPE_KEYS:
+        if old.get(key) != getattr(cfg, key):
+            raise ConfigError(f"config key 'init_weights': {path} has {key}={json.dumps(old.get(key))} but the config "
+                              f"says {json.dumps(getattr(cfg, key))}; use the same network shape")
+    return ckpt
 
 
 def _loadable(path: Path) -> bool:

@@ -104,6 +104,9 @@ def _keys() -> list[Key]:
           choices=("mean", "last", "max")),
         K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
+        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file or a checkpoint "
+          "(its online network is copied into both networks; the shape keys must match). Empty = random "
+          "initialisation. A resumed run keeps its own weights."),
     ]
 
 

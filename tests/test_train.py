@@ -219,3 +219,26 @@ def test_warns_when_the_replay_will_not_fit(tmp_path, monkeypatch, capsys):
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     out = capsys.readouterr().out
     assert "warning: the replay buffer needs" in out and "lower replay_size" in out
+
+
+def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
+    donor = tiny(tmp_path, name="donor", total_steps=200)
+    assert train.main(["--config", str(donor), "--new-run"]) == 0
+    src = sorted((run_dir(donor) / "checkpoints").glob("ckpt_*.pt"))[-1]
+    warm = tiny(tmp_path, name="warm", total_steps=1, learning_starts=1000, init_weights=str(src))
+    assert train.main(["--config", str(warm), "--new-run"]) == 0
+    assert "init_weights path=" in capsys.readouterr().out
+    got, want = final_weights(warm), final_weights(donor)["q_network"]
+    for net in ("q_network", "target_network"):  # no update ran: both networks are the donor's online one
+        assert all(torch.equal(got[net][k], want[k]) for k in want)
+    assert got["counters"]["global_step"] == 1  # a new run: counters start at zero
+    # a shape mismatch or a missing file is one line, exit 2, and the warm run's files stay
+    kept = sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))
+    before = [p.read_bytes() for p in kept]
+    for bad in (tiny(tmp_path, name="warm", init_weights=str(src), hidden_layers=[32]),
+                tiny(tmp_path, name="warm", init_weights=str(tmp_path / "nope.pt"))):
+        assert train.main(["--config", str(bad), "--new-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "init_weights" in err[0]
+    assert [p.read_bytes() for p in sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))] == before
+    assert not (run_dir(warm) / "archive").exists()
