@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+import checkpoints
 import envs
+import metrics
 import utils
-from utils import ConfigError
+from config import ConfigError, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
 
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent
 @dataclass
 class Agent:
     label: str
-    cfg: object  # utils.Config: the environment pipeline the agent was trained with
+    cfg: object  # config.Config: the environment pipeline the agent was trained with
     policy: object  # policy(env) -> act(obs) -> action, made anew for every episode (controllers keep state)
     run_dir: Path | None = None
 
@@ -42,15 +44,8 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
 
     import models
 
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}); is it a complete file?") from None
-    if not isinstance(ckpt, dict) or "q_network" not in ckpt or "config" not in ckpt:
-        raise ConfigError(f"{path} is not a checkpoint of this toolkit (no q_network/config)")
-    cfg = utils.load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
+    ckpt = checkpoints.read_for_user(path)
+    cfg = load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
     dev = models.resolve_device(cfg.device)
     net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
     try:
@@ -70,10 +65,12 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
-    ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
-    if not ckpts:
-        raise ConfigError(f"run {run_dir} has no checkpoint (looked for {run_dir / 'checkpoints' / 'ckpt_*.pt'})")
-    return ckpts[-1]
+    """The run's newest loadable checkpoint (a newer file that cannot be loaded is skipped with a warning)."""
+    found = checkpoints.load_newest(run_dir / "checkpoints", log=lambda msg: print(msg, file=sys.stderr))
+    if found is None:
+        raise ConfigError(f"run {run_dir} has no checkpoint that can be loaded (looked for "
+                          f"{run_dir / 'checkpoints' / 'ckpt_*.pt'})")
+    return found[0]
 
 
 def random_agent(cfg, seed: int) -> Agent:
@@ -202,25 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_weights(source: Path, dest: Path) -> Path:
-    """A small file with what evaluation and play need: config, shapes, the online network."""
-    import io
-
-    import torch
-
-    ckpt = torch.load(source, map_location="cpu", weights_only=False)
-    small = {"format": 1, "config": ckpt["config"], "obs_shape": ckpt["obs_shape"], "n_actions": ckpt["n_actions"],
-             "q_network": ckpt["q_network"],
-             "trained": {k: ckpt.get("counters", {}).get(k) for k in ("global_step", "episode", "updates")}}
-    buf = io.BytesIO()
-    torch.save(small, buf)
-    utils.atomic_write_bytes(dest, buf.getvalue())
-    return dest
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    utils.one_line_cli_errors(parser, "evaluate.py")
+    one_line_cli_errors(parser, "evaluate.py")
     try:
         args = parser.parse_args(argv)
         if args.episodes < 1:
@@ -241,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for agent in agents:
             if agent.cfg.env_id != env_id and not (envs.is_carracing(agent.cfg.env_id) and envs.is_carracing(env_id)):
                 raise ConfigError(f"{agent.label} was trained on {agent.cfg.env_id}, not {env_id}")
-        base_cfg = agents[0].cfg if agents else utils.load_config({"env_id": env_id})
+        base_cfg = agents[0].cfg if agents else load_config({"env_id": env_id})
         for name in args.baseline:
             agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
 
@@ -249,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             sources = [newest_checkpoint(Path(r)) for r in args.run] + [Path(c) for c in args.checkpoint]
             if not sources:
                 raise ConfigError("--export needs a --run or --checkpoint")
-            out = export_weights(sources[0], Path(args.export))
+            out = checkpoints.export_weights(sources[0], Path(args.export))
             print(f"exported: {out} ({out.stat().st_size / 2**20:.1f} MB)")
         if args.play:
             return play(agents[0])
@@ -257,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             if not run_dirs:
                 raise ConfigError("--plot needs at least one --run folder (it plots their metrics.csv)")
             runs = {d.name: d / "metrics.csv" for d in run_dirs if (d / "metrics.csv").exists()}
-            print(f"plot: {utils.plot_runs(runs, args.plot, agents[0].cfg.win_threshold)}")
+            print(f"plot: {metrics.plot_runs(runs, args.plot, agents[0].cfg.win_threshold)}")
         if args.gif:
             first = agents[0]
             ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), first.policy, args.gif,

@@ -11,18 +11,14 @@ upload (they travel only in the Authorization header).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
-from utils import ConfigError
-
-CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-ENV_KEYS = ("session_name", "huggingface_read", "huggingface_write", "repo_ID")
+import checkpoints
+from config import HUB_ENV_KEYS as ENV_KEYS
 
 
 def hub_environment(environ=None, dotenv_path: Path | None = None) -> dict[str, str]:
@@ -40,16 +36,6 @@ def hub_environment(environ=None, dotenv_path: Path | None = None) -> dict[str, 
         except ImportError:
             pass
     return values
-
-
-def check_upload_settings(cfg, env: dict[str, str]) -> None:
-    """`upload_to_cloud` needs repo_ID, a write token and a session name: a config error otherwise."""
-    if not cfg.upload_to_cloud:
-        return
-    missing = [k for k in ("repo_ID", "huggingface_write", "session_name") if not env.get(k)]
-    if missing:
-        raise ConfigError(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env or set "
-                          "upload_to_cloud to false")
 
 
 class HubMirror:
@@ -104,7 +90,7 @@ class HubMirror:
         return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2", "requests",
                                                        "urllib3")
 
-    def _describe(self, exc: Exception) -> str:
+    def describe(self, exc: Exception) -> str:
         first = (str(exc).strip().splitlines() or [""])[0]
         return self._clean(f"{type(exc).__name__}: {first}")
 
@@ -152,9 +138,9 @@ class HubMirror:
                              "training carries on locally. Check huggingface_write in .env")
                     return
                 if not self._transient(e, status):
-                    self.log(f"push failed ({self._describe(e)}); will try again at the next checkpoint")
+                    self.log(f"push failed ({self.describe(e)}); will try again at the next checkpoint")
                     return
-                self.log(f"push failed ({self._describe(e)}); retrying in {wait:.0f} s while training goes on")
+                self.log(f"push failed ({self.describe(e)}); retrying in {wait:.0f} s while training goes on")
                 if self._stop.wait(wait):
                     return
                 wait = min(wait * 2, self.max_retry_wait)
@@ -177,7 +163,7 @@ class HubMirror:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         local = self._local_files()
-        local_ckpts = {Path(r).name for r in local if r.startswith("checkpoints/") and CKPT_RE.match(Path(r).name)}
+        local_ckpts = {Path(r).name for r in local if r.startswith("checkpoints/") and checkpoints.step_of(Path(r).name) is not None}
         # the newest keep_checkpoints of the run, wherever they are (with local_backup false, older ones
         # live only on the Hub)
         keep = set(sorted(local_ckpts | self._remote_checkpoints())[-self.keep:])
@@ -260,17 +246,17 @@ class HubMirror:
             os.replace(got, dest) if Path(got).stat().st_dev == dest.parent.stat().st_dev else shutil.move(got, dest)
         return dest
 
-    def fetch_newer(self, local_step: int | None, loadable: Callable[[Path], bool]) -> Path | None:
+    def fetch_newer(self, local_step: int | None) -> Path | None:
         """Download the Hub's newest loadable checkpoint when it is newer than `local_step` (None = no
         local checkpoint), with the metrics and plots. Returns its local path, or None."""
-        remote = sorted(((int(m.group(1)), n) for n in (Path(p).name for p in self.list_remote("checkpoints"))
-                         if (m := CKPT_RE.match(n))), reverse=True)
+        names = (Path(p).name for p in self.list_remote("checkpoints"))
+        remote = sorted(((step, n) for n in names if (step := checkpoints.step_of(n)) is not None), reverse=True)
         for step, name in remote:
             if local_step is not None and step <= local_step:
                 return None
             dest = self.run_dir / "checkpoints" / name
             self.download(f"checkpoints/{name}", dest)
-            if not loadable(dest):
+            if not checkpoints.loadable(dest):
                 self.log(f"checkpoint {name} on the Hub cannot be loaded; trying the previous one")
                 dest.unlink(missing_ok=True)
                 continue

@@ -20,7 +20,7 @@ import torch
 from snntorch import surrogate
 from torch import nn
 
-from utils import ConfigError
+from config import ConfigError
 
 THRESHOLD = 1.0  # firing threshold of every spiking neuron (snnTorch's default)
 

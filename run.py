@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Launcher: .env, git sync + self-restart, dependency check, config, bout supervisor.
 
-Standard library only (python-dotenv when importable): it must run on a fresh machine
-before the requirements are installed. See `python run.py --help` and the README.
+It must run on a fresh machine before the requirements are installed, so it imports the standard
+library, python-dotenv when importable (to read .env), and of the project only `config.py` (itself
+standard library only), after the code sync so that the newest schema validates the config. The
+checks that must run in the training interpreter (the synced modules import, the requirements are
+met) are `preflight.py`, run as a script by that interpreter. See `python run.py --help` and the README.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ ROOT = Path(__file__).resolve().parent
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
-TRAINING_MODULES = ("utils", "replay", "hub", "models", "envs", "train", "evaluate")
+TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub", "models", "carracing_fast", "envs",
+                    "train", "evaluate")
+PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 GIT_TIMEOUT = 120
 
@@ -196,38 +201,15 @@ def remote_default_branch(url: str) -> str:
     return m.group(1)
 
 
-_SMOKE = r"""
-import importlib, os, sys, traceback
-sys.path.insert(0, os.getcwd())
-local = {f[:-3] for f in os.listdir('.') if f.endswith('.py')}
-for name in sys.argv[1:]:
-    if name not in local:
-        continue
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split('.')[0] in local:
-            print(f'{name}.py: {e}'); sys.exit(1)
-        # a requirement that is not installed yet is the dependency check's job; the syntax is checked below
-        import py_compile
-        try:
-            py_compile.compile(name + '.py', doraise=True, cfile=os.devnull)
-        except py_compile.PyCompileError as c:
-            print(f'{name}.py: ' + str(c.exc_value).splitlines()[0]); sys.exit(1)
-    except BaseException as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = next((f'{os.path.basename(f.filename)}:{f.lineno}' for f in reversed(tb) if f.filename.startswith(os.getcwd())), name + '.py')
-        if isinstance(e, SyntaxError):
-            where = f'{os.path.basename(e.filename or name)}:{e.lineno}'
-        print(f'{where}: {type(e).__name__}: {e}'.splitlines()[0]); sys.exit(1)
-"""
+
 
 
 def smoke_import(interpreter: str) -> str | None:
     """Import the training modules in a child interpreter; return the problem or None."""
     try:
-        proc = subprocess.run([interpreter, "-c", _SMOKE, *TRAINING_MODULES], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+        proc = subprocess.run([interpreter, str(PREFLIGHT), "imports", *TRAINING_MODULES], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     except subprocess.TimeoutExpired:
         return "importing the training modules took over 300 s"
     if proc.returncode == 0:
@@ -237,58 +219,13 @@ def smoke_import(interpreter: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- dependencies
-_DEPCHECK = r"""
-import sys, json, importlib.metadata as md
-try:
-    from packaging.requirements import Requirement
-except ImportError:
-    try:
-        from pip._vendor.packaging.requirements import Requirement
-    except ImportError:
-        Requirement = None
-missing = []
 
-def installed(req_text, seen):
-    if Requirement is None:
-        import re
-        name = re.split(r'[\s\[<>=!~;@]', req_text, maxsplit=1)[0]
-        try:
-            md.version(name); return True
-        except md.PackageNotFoundError:
-            return False
-    req = Requirement(req_text)
-    if req.marker is not None and not req.marker.evaluate():
-        return True
-    key = (req.name.lower(), tuple(sorted(req.extras)))
-    if key in seen:
-        return True
-    seen.add(key)
-    try:
-        dist = md.distribution(req.name)
-    except md.PackageNotFoundError:
-        return False
-    if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
-        return False
-    for extra in req.extras:
-        for sub in dist.requires or []:
-            r = Requirement(sub)
-            if r.marker is not None and r.marker.evaluate({'extra': extra}) and not installed(sub.split(';')[0], seen):
-                return False
-    return True
-
-for line in sys.stdin.read().splitlines():
-    line = line.split(' #')[0].strip()
-    if not line or line.startswith(('#', '-')):
-        continue
-    if not installed(line, set()):
-        missing.append(line)
-print(json.dumps(missing))
-"""
 
 
 def missing_requirements(interpreter: str, requirements: Path) -> list[str]:
     text = requirements.read_text(encoding="utf-8")
-    proc = subprocess.run([interpreter, "-c", _DEPCHECK], input=text, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([interpreter, str(PREFLIGHT), "requirements"], input=text, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     if proc.returncode != 0:
         raise RuntimeError(f"could not check requirements with {interpreter}: "
                            f"{(proc.stderr.strip().splitlines() or ['unknown error'])[-1]}")
@@ -328,46 +265,63 @@ def training_interpreter(env: dict[str, str]) -> str:
 
 # --------------------------------------------------------------------------- config
 def resolve_config(args: argparse.Namespace):
+    """The validated config: conf.json (copied from the example when missing) or --config's JSON."""
     sys.path.insert(0, str(ROOT))
-    import utils  # after the sync, so the newest schema is used
+    import config  # after the sync, so the newest schema is used
 
     try:
-        return _resolve_config(utils, args)
-    except utils.ConfigError as e:
+        if args.forceconfig:
+            raw = config.parse_json(args.config, "--config")
+            if not isinstance(raw, dict):
+                raise config.ConfigError("--config must be a JSON object of keys")
+        else:
+            raw = _read_conf_json(config)
+        if args.forcenewrun:
+            raw["continue_run"] = False
+        return config.load_config(raw)
+    except config.ConfigError as e:
         raise BadInput(str(e)) from None
 
 
-def _resolve_config(utils, args: argparse.Namespace):
-    if args.forceconfig:
-        raw = utils.parse_json(args.config, "--config")
-        if not isinstance(raw, dict):
-            raise utils.ConfigError("--config must be a JSON object of keys")
-    else:
-        conf = ROOT / "conf.json"
-        if not conf.exists():
-            example = ROOT / "conf.json.example"
-            if not example.exists():
-                raise utils.ConfigError("conf.json is missing and there is no conf.json.example to copy; create conf.json")
-            shutil.copyfile(example, conf)
-            say("conf.json was missing: copied conf.json.example to conf.json (edit it to change the run)")
-        raw = utils.parse_json(conf.read_text(encoding="utf-8"), "conf.json")
-        if not isinstance(raw, dict):
-            raise utils.ConfigError("conf.json must be a JSON object of keys")
-    if args.forcenewrun:
-        raw["continue_run"] = False
-    return utils, utils.load_config(raw)
+def _read_conf_json(config) -> dict:
+    conf = ROOT / "conf.json"
+    if not conf.exists():
+        example = ROOT / "conf.json.example"
+        if not example.exists():
+            raise config.ConfigError("conf.json is missing and there is no conf.json.example to copy; create conf.json")
+        shutil.copyfile(example, conf)
+        say("conf.json was missing: copied conf.json.example to conf.json (edit it to change the run)")
+    raw = config.parse_json(conf.read_text(encoding="utf-8"), "conf.json")
+    if not isinstance(raw, dict):
+        raise config.ConfigError("conf.json must be a JSON object of keys")
+    return raw
 
 
 def check_hub_settings(cfg, env: dict[str, str]) -> None:
-    """upload_to_cloud needs the Hub keys of .env (hub.py's rule; it imports only the standard library)."""
-    import hub
-    import utils
+    """upload_to_cloud needs the Hub keys of .env (the config module's rule)."""
+    import config
 
-    merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in hub.ENV_KEYS}
+    merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in config.HUB_ENV_KEYS}
     try:
-        hub.check_upload_settings(cfg, merged)
-    except utils.ConfigError as e:
+        config.check_upload_settings(cfg, merged)
+    except config.ConfigError as e:
         raise BadInput(str(e)) from None
+
+
+def write_json(path: Path, obj) -> None:
+    """Replace a small JSON file in one rename (the run's config.json for the child)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run's status.json as written by train.py, or {} when missing or unreadable."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 # --------------------------------------------------------------------------- bouts
@@ -382,7 +336,7 @@ class Supervisor:
         self.cfg = cfg
         self.env = env
         self.write_config = write_config  # write_config(continue_run) writes the resolved config for the child
-        self.read_status = read_status  # utils.read_status, imported after the sync like the rest of utils
+        self.read_status = read_status  # read_status(run_dir) -> the run's status.json
         self.restart_delay = restart_delay
         self.max_crashes = max_crashes
         self.kill_grace = kill_grace
@@ -560,14 +514,14 @@ def main(argv: list[str] | None = None) -> int:
             warn(f"dependency check: {e}")
             return 1
 
-        utils, cfg = resolve_config(args)
+        cfg = resolve_config(args)
         check_hub_settings(cfg, env)
         run_dir = cfg.run_dir(ROOT)
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path = run_dir / "config.json"
 
         def write_config(continue_run: bool) -> None:
-            utils.atomic_write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
+            write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
 
         say(f"run {cfg.run_name}: {cfg.architecture} on {cfg.env_id}, "
             f"{'new run' if not cfg.continue_run else 'continue if possible'}, folder {run_dir}")
@@ -576,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             child_env.setdefault(k, v)
         child_env.pop(REEXEC_GUARD, None)
         sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
-                         write_config=write_config, read_status=utils.read_status, restart_delay=args.restart_delay,
+                         write_config=write_config, read_status=read_status, restart_delay=args.restart_delay,
                          max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash)
         return sup.run()
     except BadInput as e:

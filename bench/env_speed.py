@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
-from utils import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 
 class PhysicsOnly(envs.FastCarRacing):

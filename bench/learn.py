@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
 import train  # noqa: E402
-import utils  # noqa: E402
+import config  # noqa: E402
 
 # Chosen by short runs (README): a soft target update and a fast ε decay solve CartPole; a periodic
 # hard copy every 500 steps with lr 2.5e-4 did not within 50k steps. The readout is pinned to the one
@@ -39,7 +39,7 @@ class Solved(Exception):
 
 
 def run(arch: str, max_steps: int, check_every: int, seed: int, tmp: Path, overrides: dict) -> dict:
-    cfg = utils.load_config({**CONFIG, **overrides, "name": f"learn-{arch}", "architecture": arch, "seed": seed,
+    cfg = config.load_config({**CONFIG, **overrides, "name": f"learn-{arch}", "architecture": arch, "seed": seed,
                              "runs_dir": str(tmp), "total_steps": max_steps})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     env = envs.make_env(cfg)
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="{}", help="JSON object of config keys overriding the script's CartPole config")
     args = p.parse_args()
-    overrides = utils.parse_json(args.config, "--config")
+    overrides = config.parse_json(args.config, "--config")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from utils import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 
 def run(readout: str, seed: int, steps: int, tsteps: int) -> dict:

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import models  # noqa: E402
 from snn_reference import naive_forward  # noqa: E402
-from utils import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 
 def timed(fn, device, min_time: float, min_reps: int = 3, max_reps: int = 200) -> float:

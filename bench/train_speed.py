@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
 import train  # noqa: E402
-import utils  # noqa: E402
+import config  # noqa: E402
 
 
 def median_time(fn, reps: int) -> float:
@@ -39,7 +39,7 @@ def median_time(fn, reps: int) -> float:
 
 
 def measure(arch: str, steps: int, warmup: int, tmp: Path) -> dict:
-    cfg = utils.load_config({"name": f"speed-{arch}", "architecture": arch, "runs_dir": str(tmp),
+    cfg = config.load_config({"name": f"speed-{arch}", "architecture": arch, "runs_dir": str(tmp),
                              "learning_starts": warmup, "total_steps": warmup + steps, "checkpoint_every": 10**6,
                              "eval_every": 0, "epsilon_start": 0.5, "epsilon_min": 0.5, "save_replay": False,
                              "replay_size": 20_000})

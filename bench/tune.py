@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-import utils  # noqa: E402
+import config  # noqa: E402
 
 # The configuration the shipped agents were trained with (README "How they were trained").
 BASE = {"env_id": "CarRacing-v3", "architecture": "ann", "lenient_termination": 25, "eval_every": 0,
@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
     label, overrides = VARIANTS[name]
-    cfg = utils.load_config({**BASE, **overrides, "name": f"tune-{name}", "runs_dir": str(runs_dir),
+    cfg = config.load_config({**BASE, **overrides, "name": f"tune-{name}", "runs_dir": str(runs_dir),
                              "total_steps": steps})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     start = time.perf_counter()

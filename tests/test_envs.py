@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from gymnasium.envs.box2d.car_racing import PLAYFIELD, CarRacing
 
+import carracing_fast
 import envs
-from utils import ConfigError, load_config
+from config import ConfigError, load_config
 
 
 # --------------------------------------------------------------------------- policies
@@ -157,10 +158,10 @@ def test_identical_with_numpy_integer_and_continuous_actions():
 def test_stock_code_is_called_when_gymnasium_changed_it(monkeypatch):
     """The inlined car drawing and controls are used only while Car's source is the one they copy;
     otherwise the stock methods run, and the observations stay identical either way."""
-    assert envs._stock_is(envs.cd.Car.draw, "c83f372eedd2fd25") == envs.INLINE_CAR_DRAW
-    assert not envs._stock_is(envs.cd.Car.draw, "0000000000000000")
-    monkeypatch.setattr(envs, "INLINE_CAR_DRAW", False)
-    monkeypatch.setattr(envs, "INLINE_CONTROLS", False)
+    assert carracing_fast._stock_is(carracing_fast.cd.Car.draw, "c83f372eedd2fd25") == carracing_fast.INLINE_CAR_DRAW
+    assert not carracing_fast._stock_is(carracing_fast.cd.Car.draw, "0000000000000000")
+    monkeypatch.setattr(carracing_fast, "INLINE_CAR_DRAW", False)
+    monkeypatch.setattr(carracing_fast, "INLINE_CONTROLS", False)
     assert_same(rollout(CarRacing(continuous=False), random_policy(8), 40, seed=8),
                 rollout(envs.FastCarRacing(continuous=False), random_policy(8), 40, seed=8))
 
@@ -179,41 +180,41 @@ def test_fast_car_drawing_equals_stock_car_draw():
     env = envs.FastCarRacing(continuous=False)
     env.reset(seed=9)
     rng = np.random.default_rng(9)
-    stock_surf, fast_surf = envs.pygame.Surface((800, 600)), envs.pygame.Surface((800, 600))
+    stock_surf, fast_surf = carracing_fast.pygame.Surface((800, 600)), carracing_fast.pygame.Surface((800, 600))
     for i in range(120):
         env.step(int(rng.integers(5)))
         angle, zoom = -env.car.hull.angle, 10 + i / 7  # a camera on the car, as _render has it
         x, y = env.car.hull.position
-        shift = envs.pygame.math.Vector2(-x * zoom, -y * zoom).rotate_rad(angle)
+        shift = carracing_fast.pygame.math.Vector2(-x * zoom, -y * zoom).rotate_rad(angle)
         trans = (400 + shift[0] + i / 3, 300 + shift[1] - i / 5)
         stock_surf.fill((0, 0, 0))
         fast_surf.fill((0, 0, 0))
         env.car.draw(stock_surf, zoom, trans, angle, False)
         env.surf = fast_surf  # what _render does: draw on the surface in self.surf
         env._draw_car(zoom, trans, angle)
-        stock, fast = (envs.pygame.surfarray.array2d(s) for s in (stock_surf, fast_surf))
+        stock, fast = (carracing_fast.pygame.surfarray.array2d(s) for s in (stock_surf, fast_surf))
         assert np.array_equal(stock, fast), f"car drawing differs at step {i}"
         assert (fast != 0).sum() > 100  # the car was really drawn in the window
 
 
 def test_hud_covers_the_rows_the_flip_leaves_out():
     """_flipped copies every row but the bottom _HUD_ROWS: the stock HUD polygon paints all of them."""
-    W, H = envs.cr.WINDOW_W, envs.cr.WINDOW_H
-    surf = envs.pygame.Surface((W, H))
+    W, H = carracing_fast.cr.WINDOW_W, carracing_fast.cr.WINDOW_H
+    surf = carracing_fast.pygame.Surface((W, H))
     surf.fill((255, 255, 255))
-    envs.pygame.draw.polygon(surf, (0, 0, 0), [(W, H), (W, H - 5 * H / 40), (0, H - 5 * H / 40), (0, H)])
-    black_rows = np.flatnonzero((envs.pygame.surfarray.array2d(surf) == 0).all(axis=0))
-    assert black_rows.tolist() == list(range(H - envs._HUD_ROWS, H))
+    carracing_fast.pygame.draw.polygon(surf, (0, 0, 0), [(W, H), (W, H - 5 * H / 40), (0, H - 5 * H / 40), (0, H)])
+    black_rows = np.flatnonzero((carracing_fast.pygame.surfarray.array2d(surf) == 0).all(axis=0))
+    assert black_rows.tolist() == list(range(H - carracing_fast._HUD_ROWS, H))
 
     env = envs.FastCarRacing(continuous=False)
     env.reset(seed=1)
-    env._canvas = envs.pygame.Surface((W, H))
+    env._canvas = carracing_fast.pygame.Surface((W, H))
     pixels = np.random.default_rng(1).integers(0, 2**24, size=(W, H)).astype(np.uint32)
-    envs.pygame.surfarray.blit_array(env._canvas, pixels)
-    flipped = envs.pygame.transform.flip(env._canvas, False, True)
-    shown = slice(0, H - envs._HUD_ROWS)
-    assert np.array_equal(envs.pygame.surfarray.array2d(env._flipped())[:, shown],
-                          envs.pygame.surfarray.array2d(flipped)[:, shown])
+    carracing_fast.pygame.surfarray.blit_array(env._canvas, pixels)
+    flipped = carracing_fast.pygame.transform.flip(env._canvas, False, True)
+    shown = slice(0, H - carracing_fast._HUD_ROWS)
+    assert np.array_equal(carracing_fast.pygame.surfarray.array2d(env._flipped())[:, shown],
+                          carracing_fast.pygame.surfarray.array2d(flipped)[:, shown])
 
 
 def test_rotation_reproduces_pygame_exactly():
@@ -221,12 +222,12 @@ def test_rotation_reproduces_pygame_exactly():
     for i in range(3000):
         angle = float(rng.normal() * 4) if i % 2 else float(rng.integers(-9, 9)) * math.pi / 2 + float(rng.normal()) * 1e-7
         x, y = float(rng.normal() * 500), float(rng.normal() * 500)
-        v = envs.pygame.math.Vector2(x, y).rotate_rad(angle)
-        assert envs.rotate(x, y, envs.rotation(angle)) == (v[0], v[1])
+        v = carracing_fast.pygame.math.Vector2(x, y).rotate_rad(angle)
+        assert carracing_fast.rotate(x, y, carracing_fast.rotation(angle)) == (v[0], v[1])
 
 
 def test_registered_with_gymnasium():
-    env = gym.make("FastCarRacing-v3", continuous=False)
+    env = gym.make(carracing_fast.register(), continuous=False)
     assert isinstance(env.unwrapped, envs.FastCarRacing)
     assert env.spec.max_episode_steps == 1000
 
@@ -390,8 +391,8 @@ def test_rendering_survives_pygame_quit_from_another_env():
     """Stock close() in human mode calls pygame.quit(): a later FastCarRacing must still draw."""
     first = envs.FastCarRacing(continuous=False)
     first.reset(seed=0)
-    envs.pygame.quit()
-    envs.pygame.font.init()  # what the next stock render does: the cached font is now invalid
+    carracing_fast.pygame.quit()
+    carracing_fast.pygame.font.init()  # what the next stock render does: the cached font is now invalid
     envs.FastCarRacing._text_cache.clear()  # force a fresh text render with that font
     second, stock = envs.FastCarRacing(continuous=False), CarRacing(continuous=False)
     assert np.array_equal(second.reset(seed=2)[0], stock.reset(seed=2)[0])

@@ -8,7 +8,7 @@ from PIL import Image
 
 import evaluate
 import train
-import utils
+from config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def cartpole_run(tmp_path_factory):
     path = tmp / "cfg.json"
     path.write_text(json.dumps(cfg))
     assert train.main(["--config", str(path), "--new-run"]) == 0
-    return utils.load_config(path).run_dir(REPO)
+    return load_config(path).run_dir(REPO)
 
 
 def test_table_for_a_run_is_written_and_repeatable(cartpole_run, capsys):
@@ -66,7 +66,7 @@ def test_gif_is_an_animation_with_every_step(cartpole_run, tmp_path, capsys):
 
 
 def test_carracing_gif_shows_agent_view_beside_render(tmp_path):
-    cfg = utils.load_config({"obs_size": 48})
+    cfg = load_config({"obs_size": 48})
     ret, steps = __import__("envs").record_gif(cfg, lambda env: (lambda obs: 3), tmp_path / "c.gif", max_steps=5)
     with Image.open(tmp_path / "c.gif") as im:
         assert im.n_frames == 6 and im.size == (200 + 300, 200)  # driving: every frame differs

@@ -11,6 +11,7 @@ import pytest
 import hub
 import train
 import utils
+from config import load_config
 from hub_standin import HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def config(tmp_path, **keys):
 
 
 def run_dir(path):
-    return utils.load_config(path).run_dir(REPO)
+    return load_config(path).run_dir(REPO)
 
 
 def remote_files(server):

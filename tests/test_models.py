@@ -6,7 +6,7 @@ import torch
 
 import models
 from snn_reference import naive_forward
-from utils import ConfigError, load_config
+from config import ConfigError, load_config
 
 IMAGE = (4, 40, 40)  # the smallest comfortable size for the Nature encoder (needs >= 36)
 VECTOR = (8,)

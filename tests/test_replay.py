@@ -4,7 +4,7 @@ import pytest
 
 import envs
 from replay import ReplayBuffer, SumTree
-from utils import load_config
+from config import load_config
 
 
 def fill_from_env(cfg, steps, capacity, seed=0):

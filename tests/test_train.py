@@ -1,7 +1,6 @@
 """train.py: determinism, exact resume, checkpoint fallback, signals, budgets, win rule, resume errors."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import train
 import utils
+from config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def tiny(tmp_path, **keys):
 
 
 def run_dir(cfg_path):
-    return utils.load_config(cfg_path).run_dir(REPO)
+    return load_config(cfg_path).run_dir(REPO)
 
 
 def rows(cfg_path):
@@ -38,7 +39,7 @@ def rows(cfg_path):
 
 
 def final_weights(cfg_path):
-    _, ckpt = train.load_newest_checkpoint(run_dir(cfg_path) / "checkpoints")
+    _, ckpt = checkpoints.load_newest(run_dir(cfg_path) / "checkpoints")
     return ckpt
 
 
@@ -79,7 +80,7 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys):
     data = ckpts[-1].read_bytes()
     ckpts[-1].write_bytes(data[: len(data) // 2])
     capsys.readouterr()
-    path, ckpt = train.load_newest_checkpoint(ckpts[0].parent)
+    path, ckpt = checkpoints.load_newest(ckpts[0].parent)
     assert path == ckpts[-2]
     assert "cannot be loaded" in capsys.readouterr().out
     more = tiny(tmp_path, total_steps=260, checkpoint_every=3)
@@ -214,7 +215,7 @@ def test_bad_arguments_are_one_line(capsys):
 
 
 def test_warns_when_the_replay_will_not_fit(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "_available_memory", lambda: 10 * 2**20)  # 10 MiB free
+    monkeypatch.setattr(train.utils, "available_memory", lambda: 10 * 2**20)  # 10 MiB free
     cfg = tiny(tmp_path, env_id="CarRacing-v3", replay_size=5000, total_steps=1, learning_starts=1000)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,308 @@
+"""The config schema: every `conf.json` key, its default, type, range and meaning; loading with one-line errors.
+
+Standard library only: `run.py` validates a config with it before any requirement is installed. The
+defaults are the values of `conf.json.example` (a test checks it). Keys marked `shape=True` change the
+network's parameter shapes: a resume or `init_weights` with another value is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+class ConfigError(ValueError):
+    """Bad configuration. The message is the one line a user sees."""
+
+
+# --------------------------------------------------------------------------- schema
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key: its default, accepted type, allowed values and meaning."""
+
+    name: str
+    default: Any
+    kind: str  # "bool", "int", "float", "str", "int_list"
+    doc: str
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # inclusive upper bound
+    choices: tuple | None = None
+    low_open: bool = False  # lower bound is exclusive
+    length: int | None = None  # exact length for lists
+    pattern: str | None = None  # regex a string must match in full
+    shape: bool = False  # changes the network's parameter shapes (a resume with another value is refused)
+
+
+def _keys() -> list[Key]:
+    K = Key
+    return [
+        # ---- keys of the original project (names and meanings kept)
+        K("name", "carracing", "str", "Run name (folder under `runs_dir`); letters, digits, `.`, `_`, `-`.",
+          pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"),
+        K("continue_run", True, "bool", "Resume the newest checkpoint of the run if there is one; false starts the run anew."),
+        K("agents", 1, "int", "Parallel environments stepped in lockstep (a vector env with worker processes when > 1).", low=1, high=256),
+        K("hidden_layers", [512], "int_list", "Widths of the fully connected hidden layers (spiking layers for `snn`).", shape=True),
+        K("learning_rate", 1e-4, "float", "Adam learning rate.", low=0, low_open=True, high=1),
+        K("decay", 0.99, "float", "Multiplicative ε decay applied after every episode, down to `epsilon_min`.", low=0, low_open=True, high=1),
+        K("batch", 64, "int", "Minibatch size of each update.", low=1, high=65536),
+        K("gamma", 0.99, "float", "Discount factor.", low=0, high=1),
+        K("extra_info", "", "str", "Tag appended to the run name (`<name>-<extra_info>`); empty for none.",
+          pattern=r"[A-Za-z0-9._-]{0,100}"),
+        K("max_run_time", 12600, "float", "Seconds one `train.py` bout may run before it checkpoints and exits.", low=1),
+        K("stop_learning_at_win_percent", 90, "float",
+          "Stop updating the networks once this share (0–100) of the last 100 episodes are wins; 0 = never.", low=0, high=100),
+        K("train_max_time", 14000, "float", "Seconds the launcher keeps starting bouts, all bouts together.", low=1),
+        K("upload_to_cloud", False, "bool", "Mirror the run folder to the Hugging Face Hub repo `repo_ID` of `.env`."),
+        K("local_backup", True, "bool", "Keep the full run folder on local disk (false: only what the Hub needs)."),
+        K("architecture", "snn", "str", "`snn` (spiking Q-network) or `ann` (ReLU Q-network).", choices=("snn", "ann"), shape=True),
+        K("snn_tSteps", 25, "int", "Time steps each spiking forward pass runs for.", low=1, high=1000),
+        K("snn_beta", 0.95, "float", "Membrane decay of the leaky integrate-and-fire neurons.", low=0, low_open=True, high=1),
+        K("debug", False, "bool", "Log extra diagnostics (firing rates, action histogram, gradient norms, frames)."),
+        # ---- fixed new keys
+        K("env_id", "CarRacing-v3", "str", "Gymnasium environment id (discrete action space).", shape=True),
+        K("seed", 0, "int", "Seed of tracks, exploration and network initialisation.", low=0, high=2**31 - 1),
+        K("total_steps", 0, "int", "Agent-step budget of the whole run; 0 = none.", low=0),
+        K("max_episodes", 0, "int", "Episode budget of the whole run; 0 = none.", low=0),
+        K("replay_size", 100_000, "int", "Transitions kept in the replay buffer.", low=1),
+        K("learning_starts", 5_000, "int", "Agent steps of pure exploration before the first update.", low=0),
+        K("checkpoint_every", 10, "int", "Episodes between checkpoints.", low=1),
+        K("runs_dir", "runs", "str", "Folder holding the run folders."),
+        K("device", "auto", "str", "`auto` (CUDA when present), `cpu` or `cuda`.", choices=("auto", "cpu", "cuda")),
+        K("frame_skip", 4, "int", "Times each chosen action is repeated (image environments).", low=1, high=64),
+        K("frame_stack", 4, "int", "Consecutive frames stacked into one observation (image environments).", low=1, high=64, shape=True),
+        K("win_threshold", 900.0, "float", "An episode whose return reaches this is a win."),
+        K("snn_mode", "hybrid", "str", "`hybrid`: ANN conv encoder + spiking FC layers; `full`: every layer spiking.",
+          choices=("hybrid", "full"), shape=True),
+        # ---- keys named by this project
+        K("train_every", 4, "int", "Agent steps between updates.", low=1),
+        K("target_update_every", 1000, "int", "Agent steps between target-network updates.", low=1),
+        K("target_tau", 1.0, "float", "Target update weight: 1 copies the online network, < 1 is a soft (Polyak) update.",
+          low=0, low_open=True, high=1),
+        K("epsilon_start", 1.0, "float", "ε at the start of the run.", low=0, high=1),
+        K("epsilon_min", 0.05, "float", "Floor of ε.", low=0, high=1),
+        K("grad_clip", 10.0, "float", "Max gradient norm per update; 0 = no clipping.", low=0),
+        K("obs_size", 84, "int", "Side of the square observation after resizing (image environments).", low=8, high=512, shape=True),
+        K("obs_grayscale", True, "bool", "Convert image observations to grayscale.", shape=True),
+        K("obs_crop", [0, 12, 0, 0], "int_list", "Pixels cut off the raw frame [top, bottom, left, right] before resizing "
+          "(CarRacing's bottom 12 rows are the HUD).", length=4, shape=True),
+        K("lenient_termination", 0, "int", "End an episode after this many consecutive agent steps without reward progress; "
+          "0 = off.", low=0),
+        K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree)."),
+        K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
+        K("per_beta", 0.4, "float", "Initial importance-sampling exponent (annealed to 1 over the run).", low=0, high=1),
+        K("reward_clip", 0.0, "float", "Clip rewards to [-reward_clip, reward_clip] for learning; 0 = off.", low=0),
+        K("save_replay", True, "bool", "Store the replay buffer (compressed) in checkpoints for exact resume."),
+        K("keep_checkpoints", 3, "int", "Newest checkpoints kept on disk (and on the Hub).", low=1, high=100),
+        K("eval_every", 25, "int", "Episodes between greedy evaluations during training; 0 = off.", low=0),
+        K("eval_episodes", 3, "int", "Episodes per evaluation during training.", low=1),
+        K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
+        K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over "
+          "steps (`mean` learns CarRacing best in short training runs, see bench/tune.py).",
+          choices=("mean", "last", "max")),
+        K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
+          choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
+        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file or a checkpoint "
+          "(its online network is copied into both networks; the shape keys must match). Empty = random "
+          "initialisation. A resumed run keeps its own weights."),
+    ]
+
+
+SCHEMA: dict[str, Key] = {k.name: k for k in _keys()}
+SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)
+
+
+def _schema_fields():
+    fields = []
+    for key in SCHEMA.values():
+        default = key.default
+        factory = (lambda d=default: list(d)) if isinstance(default, list) else None
+        if factory:
+            fields.append((key.name, Any, dataclasses.field(default_factory=factory)))
+        else:
+            fields.append((key.name, Any, dataclasses.field(default=default)))
+    return fields
+
+
+def _config_methods():
+    def to_dict(self) -> dict:
+        """The config as a plain JSON-able dict (every key, in schema order)."""
+        return {name: (list(v) if isinstance(v, list) else v)
+                for name, v in ((n, getattr(self, n)) for n in SCHEMA)}
+
+    def replace(self, **changes) -> "Config":
+        """A new validated config with some keys changed."""
+        return load_config({**self.to_dict(), **changes})
+
+    def run_name(self) -> str:
+        return f"{self.name}-{self.extra_info}" if self.extra_info else self.name
+
+    def run_dir(self, base: str | os.PathLike | None = None) -> Path:
+        root = Path(self.runs_dir)
+        if base is not None and not root.is_absolute():
+            root = Path(base) / root
+        return root / self.run_name
+
+    # Clear names for the seed's spellings, mapped once here.
+    props = {
+        "to_dict": to_dict,
+        "replace": replace,
+        "run_name": property(run_name),
+        "run_dir": run_dir,
+        "time_steps": property(lambda self: self.snn_tSteps),
+        "beta": property(lambda self: self.snn_beta),
+        "batch_size": property(lambda self: self.batch),
+        "epsilon_decay": property(lambda self: self.decay),
+        "num_envs": property(lambda self: self.agents),
+    }
+    return props
+
+
+Config = dataclasses.make_dataclass("Config", _schema_fields(), namespace=_config_methods(), frozen=True)
+Config.__doc__ = "Validated training configuration; attribute names are the `conf.json` keys."
+Config.__module__ = __name__  # picklable (worker processes, env snapshots)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_value(key: Key, value: Any) -> Any:
+    """Return the value normalised to the key's type, or raise ConfigError naming the key."""
+    name = key.name
+    if key.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' must be true or false, got {_type_name(value)} ({json.dumps(value)})")
+        return value
+    if key.kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{name}' must be an integer, got {_type_name(value)} ({json.dumps(value)})")
+    elif key.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{name}' must be a number, got {_type_name(value)} ({json.dumps(value)})")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"config key '{name}' must be a finite number")
+    elif key.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{name}' must be a string, got {_type_name(value)} ({json.dumps(value)})")
+        if key.choices and value not in key.choices:
+            hint = difflib.get_close_matches(value, key.choices, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"config key '{name}' must be one of {', '.join(map(repr, key.choices))}, "
+                              f"got {value!r}{extra}")
+        if key.pattern and not re.fullmatch(key.pattern, value):
+            raise ConfigError(f"config key '{name}' has an invalid value {value!r}: use letters, digits, '.', '_' or '-'")
+        return value
+    elif key.kind == "int_list":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"config key '{name}' must be a list of integers, got {json.dumps(value)}")
+        if key.length is not None and len(value) != key.length:
+            raise ConfigError(f"config key '{name}' must have exactly {key.length} entries, got {len(value)}")
+        return list(value)
+    # numeric range checks
+    if key.low is not None and (value < key.low or (key.low_open and value == key.low)):
+        op = ">" if key.low_open else ">="
+        raise ConfigError(f"config key '{name}' must be {op} {_fmt(key.low)}, got {_fmt(value)}")
+    if key.high is not None and value > key.high:
+        raise ConfigError(f"config key '{name}' must be <= {_fmt(key.high)}, got {_fmt(value)}")
+    return value
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _check_combinations(values: dict) -> None:
+    """Rules that involve several keys (contradictory values)."""
+    if not values["hidden_layers"] or any(w < 1 for w in values["hidden_layers"]):
+        raise ConfigError("config key 'hidden_layers' must be a non-empty list of positive widths, "
+                          f"got {json.dumps(values['hidden_layers'])}")
+    if any(c < 0 for c in values["obs_crop"]):
+        raise ConfigError(f"config key 'obs_crop' must hold pixel counts >= 0, got {json.dumps(values['obs_crop'])}")
+    if values["epsilon_min"] > values["epsilon_start"]:
+        raise ConfigError(f"config keys 'epsilon_min' ({values['epsilon_min']}) and 'epsilon_start' "
+                          f"({values['epsilon_start']}) contradict: epsilon_min must not exceed epsilon_start")
+    if values["batch"] > values["replay_size"]:
+        raise ConfigError(f"config keys 'batch' ({values['batch']}) and 'replay_size' ({values['replay_size']}) "
+                          "contradict: a batch cannot be larger than the replay buffer")
+    if not values["upload_to_cloud"] and not values["local_backup"]:
+        raise ConfigError("config keys 'upload_to_cloud' and 'local_backup' are both false: checkpoints would be kept "
+                          "nowhere; set one of them to true")
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> Config:
+    """Load, fill defaults, validate and return the config.
+
+    `source` is a path to a JSON file, a dict of keys, or None for all defaults.
+    Bad input raises ConfigError whose message is one line naming the problem.
+    """
+    origin = "config"
+    if source is None:
+        raw: Any = {}
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        origin = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; copy conf.json.example to start from") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
+        raw = parse_json(text, origin)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must be a JSON object of keys, got {_type_name(raw)}")
+    values = {}
+    for name, value in raw.items():
+        key = SCHEMA.get(name)
+        if key is None:
+            hint = difflib.get_close_matches(name, SCHEMA.keys(), n=1, cutoff=0.6)
+            if not hint:
+                hint = [k for k in SCHEMA if k.lower() == str(name).lower()]
+            extra = f"; did you mean '{hint[0]}'?" if hint else "; see the README for the list of keys"
+            raise ConfigError(f"unknown config key '{name}'{extra}")
+        values[name] = _check_value(key, value)
+    for name, key in SCHEMA.items():
+        if name not in values:
+            values[name] = list(key.default) if isinstance(key.default, list) else key.default
+    _check_combinations(values)
+    return Config(**values)
+
+
+def one_line_cli_errors(parser, prog: str) -> None:
+    """Make an argparse parser raise ConfigError (one line, exit 2 by the caller) instead of printing usage."""
+
+    def fail(message: str):
+        raise ConfigError(f"{message} (see python {prog} --help)")
+
+    parser.error = fail
+
+
+def parse_json(text: str, origin: str = "JSON") -> Any:
+    """json.loads with a one-line ConfigError that gives the line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{origin} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+# --------------------------------------------------------------------------- Hub settings
+HUB_ENV_KEYS = ("session_name", "huggingface_read", "huggingface_write", "repo_ID")
+
+
+def check_upload_settings(cfg, env: Mapping[str, str]) -> None:
+    """`upload_to_cloud` needs repo_ID, a write token and a session name: a config error otherwise."""
+    if not cfg.upload_to_cloud:
+        return
+    missing = [k for k in ("repo_ID", "huggingface_write", "session_name") if not env.get(k)]
+    if missing:
+        raise ConfigError(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env or set "
+                          "upload_to_cloud to false")

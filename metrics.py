@@ -1,0 +1,155 @@
+"""The metrics log of a run (`metrics.csv`, one row per episode, and TensorBoard scalars) and its plots."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from utils import atomic_write_bytes
+
+
+def config_table(values: Mapping[str, Any]) -> str:
+    """A Markdown table of the hyperparameters, written once at the start of a run."""
+    rows = "\n".join(f"|{k}|{json.dumps(v)}|" for k, v in values.items())
+    return "|key|value|\n|-|-|\n" + rows
+
+
+METRIC_FIELDS = ["episode", "global_step", "return", "length", "epsilon", "win", "loss", "sps", "wall_time",
+                 "eval_return"]
+
+
+class MetricsLog:
+    """`metrics.csv` (one row per episode, appended and flushed) plus optional TensorBoard scalars."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self.writer = None
+
+    def truncate_to(self, episodes: int) -> None:
+        """Drop rows past `episodes` (rows written after the checkpoint being resumed)."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        if len(lines) > episodes + 1:
+            atomic_write_bytes(self.path, ("\n".join(lines[:episodes + 1]) + "\n").encode())
+
+    def row(self, values: dict) -> None:
+        import csv
+        import io
+
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if values.get(k) is None else values.get(k)) for k in METRIC_FIELDS})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+            f.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def episode_scalars(self, step: int, ret: float, length: int, epsilon: float, win_rate: float, sps: float,
+                        loss: float | None, eval_return: float | None) -> None:
+        """The end-of-episode scalars, under CleanRL's names."""
+        self.scalar("charts/episodic_return", ret, step)
+        self.scalar("charts/episodic_length", length, step)
+        self.scalar("charts/epsilon", epsilon, step)
+        self.scalar("charts/win_rate_100", win_rate, step)
+        self.scalar("charts/SPS", sps, step)
+        if loss is not None:
+            self.scalar("losses/td_loss", loss, step)
+        if eval_return is not None:
+            self.scalar("eval/episodic_return", eval_return, step)
+
+    def text(self, tag: str, value: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, value)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Columns of a metrics.csv as float lists (empty cells become NaN)."""
+    import csv
+
+    cols: dict[str, list[float]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                try:
+                    cols.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
+                except ValueError:
+                    cols.setdefault(k, []).append(float("nan"))
+    return cols
+
+
+def rolling_mean(values, window: int = 100):
+    out, total, q = [], 0.0, []
+    for v in values:
+        q.append(v)
+        total += v
+        if len(q) > window:
+            total -= q.pop(0)
+        out.append(total / len(q))
+    return out
+
+
+def plot_runs(runs: Mapping[str, str | os.PathLike], out_png: str | os.PathLike, win_threshold: float | None = None) -> Path:
+    """One PNG of training curves for one or several runs: return and its 100-episode mean,
+    evaluation return, ε, loss and win %. `runs` maps a label to a metrics.csv path."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (ax_ret, ax_eps), (ax_loss, ax_win) = axes
+    for label, path in runs.items():
+        m = read_metrics(path)
+        if not m.get("episode"):
+            continue
+        ep = m["episode"]
+        line, = ax_ret.plot(ep, m["return"], alpha=0.25)
+        ax_ret.plot(ep, rolling_mean(m["return"]), color=line.get_color(), label=f"{label} (100-ep mean)")
+        ev = [(e, r) for e, r in zip(ep, m.get("eval_return", [])) if not math.isnan(r)]
+        if ev:
+            ax_ret.plot(*zip(*ev), "o", color=line.get_color(), markersize=3, label=f"{label} eval")
+        ax_eps.plot(ep, m["epsilon"], label=label)
+        loss = [(e, v) for e, v in zip(ep, m.get("loss", [])) if not math.isnan(v)]
+        if loss:
+            ax_loss.plot(*zip(*loss), label=label)
+        ax_win.plot(ep, [100 * w for w in rolling_mean(m["win"])], label=label)
+    if win_threshold is not None:
+        ax_ret.axhline(win_threshold, color="gray", linestyle="--", linewidth=1, label="win threshold")
+    for ax, title in ((ax_ret, "episodic return"), (ax_eps, "ε"), (ax_loss, "TD loss (episode mean)"),
+                      (ax_win, "wins in the last 100 episodes (%)")):
+        ax.set_title(title)
+        ax.set_xlabel("episode")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ax_loss.set_yscale("log")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
