@@ -1,7 +1,7 @@
 """Run-folder storage (atomic writes, status.json) and key=value log lines.
 
 Nothing here knows about DQN. `load_config` and `ConfigError` are re-exported from `config` because
-users' scripts call `utils.load_config` (a DESIGN.md contract).
+users' scripts call `utils.load_config` (the README documents it).
 """
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Hub mirroring with the real huggingface_hub client against a local stand-in (HF_ENDPOINT)."""
 import base64
-import json
 import shutil
 import threading
 import time
@@ -11,10 +10,9 @@ import pytest
 import hub
 import train
 import utils
-from config import load_config
+from conftest import run_dir_of, write_config
 from hub_standin import HubStandIn
 
-REPO = Path(__file__).resolve().parents[1]
 WRITE, READ = "hf_write_good", "hf_read_good"
 PREFIX = "studio-a/hubrun"
 
@@ -34,18 +32,12 @@ def server(monkeypatch):
 
 
 def config(tmp_path, **keys):
-    cfg = {"name": "hubrun", "runs_dir": str(tmp_path / "runs"), "env_id": "CartPole-v1", "architecture": "ann",
-           "hidden_layers": [16], "replay_size": 400, "learning_starts": 40, "batch": 16, "total_steps": 300,
-           "checkpoint_every": 4, "keep_checkpoints": 2, "eval_every": 0, "upload_to_cloud": True,
-           "max_run_time": 600, "train_max_time": 600}
-    cfg.update(keys)
-    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.json')))}.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    """A CartPole run mirrored to the stand-in, checkpointing every 4 episodes."""
+    return write_config(tmp_path, **{"name": "hubrun", "checkpoint_every": 4, "keep_checkpoints": 2,
+                                     "upload_to_cloud": True, **keys})
 
 
-def run_dir(path):
-    return load_config(path).run_dir(REPO)
+run_dir = run_dir_of
 
 
 def remote_files(server):

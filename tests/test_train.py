@@ -1,11 +1,9 @@
 """train.py: determinism, exact resume, checkpoint fallback, signals, budgets, win rule, resume errors."""
 import csv
-import json
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,24 +11,17 @@ import torch
 import checkpoints
 import train
 import utils
-from config import load_config
+from conftest import REPO, run_dir_of, write_config
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path, **keys):
-    cfg = {"name": "t", "runs_dir": str(tmp_path / "runs"), "env_id": "CartPole-v1", "architecture": "ann",
-           "hidden_layers": [16], "replay_size": 400, "learning_starts": 40, "batch": 16, "train_every": 1,
-           "target_update_every": 50, "total_steps": 300, "checkpoint_every": 1000, "eval_every": 0,
-           "learning_rate": 1e-3, "decay": 0.9, "max_run_time": 600, "train_max_time": 600, "snn_tSteps": 4}
-    cfg.update(keys)
-    path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    """The training tests' CartPole: an update every step, a quick target copy and ε decay."""
+    return write_config(tmp_path, **{"train_every": 1, "target_update_every": 50, "checkpoint_every": 1000,
+                                     "learning_rate": 1e-3, "decay": 0.9, **keys})
 
 
-def run_dir(cfg_path):
-    return load_config(cfg_path).run_dir(REPO)
+run_dir = run_dir_of
 
 
 def rows(cfg_path):
