@@ -1,5 +1,8 @@
 """The config schema: every `conf.json` key, its default, type, range and meaning; loading with one-line errors.
 
+Also the `.env` reader (python-dotenv's rules; its own parser where python-dotenv is not installed)
+and the rule that `upload_to_cloud` needs the Hub keys of `.env`.
+
 Standard library only: `run.py` validates a config with it before any requirement is installed. The
 defaults are the values of `conf.json.example` (a test checks it). Keys marked `shape=True` change the
 network's parameter shapes: a resume or `init_weights` with another value is refused.
@@ -292,6 +295,67 @@ def parse_json(text: str, origin: str = "JSON") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{origin} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+# --------------------------------------------------------------------------- .env
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
+
+
+def parse_env_text(text: str) -> dict[str, str]:
+    """Parse .env text with python-dotenv's rules for quotes and comments.
+
+    `KEY=value  # comment`, `KEY="quoted # not a comment"`, `KEY='single'`, `export KEY=v`;
+    double quotes understand backslash escapes and may span lines; a `#` starts a comment
+    only at the start of a line or after whitespace in an unquoted value.
+    """
+    values: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _ENV_LINE.match(lines[i])
+        i += 1
+        if not m:
+            continue
+        key, rest = m.group(1), m.group(2)
+        if rest[:1] in ("'", '"'):
+            quote = rest[0]
+            body = rest[1:]
+            # a double-quoted value may continue over several lines
+            while _closing_quote(body, quote) < 0 and i < len(lines):
+                body += "\n" + lines[i]
+                i += 1
+            end = _closing_quote(body, quote)
+            value = body[:end] if end >= 0 else body
+            if quote == '"':
+                value = re.sub(r'\\([\\"\'nrt])', lambda mm: {"n": "\n", "r": "\r", "t": "\t"}.get(mm.group(1), mm.group(1)), value)
+        else:
+            value = re.split(r"\s+#", rest, maxsplit=1)[0].strip()
+            if value.startswith("#"):
+                value = ""
+        values[key] = value
+    return values
+
+
+def _closing_quote(body: str, quote: str) -> int:
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if body[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
+def load_env(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        from dotenv import dotenv_values  # type: ignore
+    except ImportError:
+        return parse_env_text(path.read_text(encoding="utf-8"))
+    return {k: (v or "") for k, v in dotenv_values(path).items()}
 
 
 # --------------------------------------------------------------------------- Hub settings

@@ -2,8 +2,9 @@
 """Launcher: .env, git sync + self-restart, dependency check, config, bout supervisor.
 
 It must run on a fresh machine before the requirements are installed, so it imports the standard
-library, python-dotenv when importable (to read .env), and of the project only `config.py` (itself
-standard library only), after the code sync so that the newest schema validates the config. The
+library and of the project only `config.py` (itself standard library only; python-dotenv when
+importable, to read .env). It imports config.py at start, for .env, and reloads it after the code
+sync, so that the newest schema validates the config. The
 checks that must run in the training interpreter (the synced modules import, the requirements are
 met) are `preflight.py`, run as a script by that interpreter. See `python run.py --help` and the README.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -22,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402  (standard library only; reloaded after a code sync)
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
@@ -42,67 +46,6 @@ def say(msg: str) -> None:
 
 def warn(msg: str) -> None:
     print(f"[run.py] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- .env
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
-
-
-def parse_env_text(text: str) -> dict[str, str]:
-    """Parse .env text with python-dotenv's rules for quotes and comments.
-
-    `KEY=value  # comment`, `KEY="quoted # not a comment"`, `KEY='single'`, `export KEY=v`;
-    double quotes understand backslash escapes and may span lines; a `#` starts a comment
-    only at the start of a line or after whitespace in an unquoted value.
-    """
-    values: dict[str, str] = {}
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        m = _ENV_LINE.match(lines[i])
-        i += 1
-        if not m:
-            continue
-        key, rest = m.group(1), m.group(2)
-        if rest[:1] in ("'", '"'):
-            quote = rest[0]
-            body = rest[1:]
-            # a double-quoted value may continue over several lines
-            while _closing_quote(body, quote) < 0 and i < len(lines):
-                body += "\n" + lines[i]
-                i += 1
-            end = _closing_quote(body, quote)
-            value = body[:end] if end >= 0 else body
-            if quote == '"':
-                value = re.sub(r'\\([\\"\'nrt])', lambda mm: {"n": "\n", "r": "\r", "t": "\t"}.get(mm.group(1), mm.group(1)), value)
-        else:
-            value = re.split(r"\s+#", rest, maxsplit=1)[0].strip()
-            if value.startswith("#"):
-                value = ""
-        values[key] = value
-    return values
-
-
-def _closing_quote(body: str, quote: str) -> int:
-    i = 0
-    while i < len(body):
-        if body[i] == "\\" and quote == '"':
-            i += 2
-            continue
-        if body[i] == quote:
-            return i
-        i += 1
-    return -1
-
-
-def load_env(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    try:
-        from dotenv import dotenv_values  # type: ignore
-    except ImportError:
-        return parse_env_text(path.read_text(encoding="utf-8"))
-    return {k: (v or "") for k, v in dotenv_values(path).items()}
 
 
 def redact_url(url: str) -> str:
@@ -266,16 +209,13 @@ def training_interpreter(env: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- config
 def resolve_config(args: argparse.Namespace):
     """The validated config: conf.json (copied from the example when missing) or --config's JSON."""
-    sys.path.insert(0, str(ROOT))
-    import config  # after the sync, so the newest schema is used
-
     try:
         if args.forceconfig:
             raw = config.parse_json(args.config, "--config")
             if not isinstance(raw, dict):
                 raise config.ConfigError("--config must be a JSON object of keys")
         else:
-            raw = _read_conf_json(config)
+            raw = _read_conf_json()
         if args.forcenewrun:
             raw["continue_run"] = False
         return config.load_config(raw)
@@ -283,7 +223,7 @@ def resolve_config(args: argparse.Namespace):
         raise BadInput(str(e)) from None
 
 
-def _read_conf_json(config) -> dict:
+def _read_conf_json() -> dict:
     conf = ROOT / "conf.json"
     if not conf.exists():
         example = ROOT / "conf.json.example"
@@ -299,8 +239,6 @@ def _read_conf_json(config) -> dict:
 
 def check_hub_settings(cfg, env: dict[str, str]) -> None:
     """upload_to_cloud needs the Hub keys of .env (the config module's rule)."""
-    import config
-
     merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in config.HUB_ENV_KEYS}
     try:
         config.check_upload_settings(cfg, merged)
@@ -486,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_crashes < 1 or args.restart_delay < 0 or args.kill_grace < 0 or args.quick_crash < 0:
             raise BadInput("--max-crashes must be >= 1 and the time options >= 0")
 
-        env = load_env(ROOT / ".env")
+        env = config.load_env(ROOT / ".env")
         interpreter = training_interpreter(env)
         link = env.get("code_base_link", "").strip()
         if link and link != "." and not args.no_sync:
@@ -501,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os.execv(sys.executable, [sys.executable, str(ROOT / "run.py"), *argv])
+
+        importlib.reload(config)  # the synced schema validates the config
 
         script = Path(args.script)
         if not script.is_absolute():

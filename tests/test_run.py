@@ -388,8 +388,7 @@ def test_dependency_check_finds_nothing_missing_in_this_environment():
 
 
 def test_env_parser_matches_dotenv_rules():
-    sys.path.insert(0, str(REPO))
-    import run
+    import config
 
     text = textwrap.dedent('''\
         # comment
@@ -403,7 +402,7 @@ def test_env_parser_matches_dotenv_rules():
         H="multi
         line"
     ''')
-    parsed = run.parse_env_text(text)
+    parsed = config.parse_env_text(text)
     assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single $x",
                       "E": "line1\nline2", "F": "", "G": "a#b", "H": "multi\nline"}
     dotenv = pytest.importorskip("dotenv")
