@@ -8,6 +8,7 @@ evaluation and play need: config, shapes and the online network.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 
 from config import SHAPE_KEYS, ConfigError
-from utils import atomic_write_bytes
+from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
 NAME_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+MANIFEST = ".manifest.json"  # {name: {"sha256", "bytes"}} of the checkpoints written and verified here
 
 
 def name_for(global_step: int) -> str:
@@ -40,22 +42,60 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in Path(ckpt_dir).glob("ckpt_*.pt") if step_of(p.name) is not None)
 
 
-def newest_step(ckpt_dir: Path) -> int | None:
-    files = list_checkpoints(ckpt_dir)
-    return step_of(files[-1].name) if files else None
-
-
 # --------------------------------------------------------------------------- writing and reading
 def write(ckpt_dir: Path, state: dict, keep: int) -> tuple[Path, int]:
-    """Write `state` atomically as the checkpoint of its global step and prune to the newest `keep`.
+    """Write `state` atomically as the checkpoint of its global step, read it back and check its
+    sha256 before the manifest names it (only then is it the newest), and prune to the newest `keep`.
     Returns (path, bytes written)."""
     buf = io.BytesIO()
     torch.save(state, buf)
+    data = buf.getbuffer()
     path = Path(ckpt_dir) / name_for(state["counters"]["global_step"])
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    if _sha256(path) != digest:
+        path.unlink(missing_ok=True)
+        raise OSError(f"checkpoint {path.name} read back differently from what was written; disk or filesystem fault")
+    manifest = _manifest(ckpt_dir)
+    manifest[path.name] = {"sha256": digest, "bytes": len(data)}
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    return path, buf.getbuffer().nbytes
+    names = {p.name for p in list_checkpoints(ckpt_dir)}
+    atomic_write_json(Path(ckpt_dir) / MANIFEST, {n: v for n, v in manifest.items() if n in names})
+    return path, len(data)
+
+
+def _manifest(ckpt_dir: Path) -> dict:
+    m = read_json(Path(ckpt_dir) / MANIFEST, default={})
+    return m if isinstance(m, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verified(path: Path) -> bool:
+    """Whether a checkpoint file is whole: its sha256 matches the manifest, or, for a file the manifest
+    does not name (fetched from the Hub, written by an older version), it loads."""
+    entry = _manifest(Path(path).parent).get(Path(path).name)
+    if entry is None:
+        return loadable(path)
+    try:
+        return Path(path).stat().st_size == entry["bytes"] and _sha256(path) == entry["sha256"]
+    except OSError:
+        return False
+
+
+def newest_verified_step(ckpt_dir: Path) -> int | None:
+    """The global step of the newest checkpoint that is whole (corrupt newer files are passed over)."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        if verified(path):
+            return step_of(path.name)
+    return None
 
 
 def read(path: Path, map_location="cpu") -> dict:
@@ -78,7 +118,10 @@ def load_newest(ckpt_dir: Path, map_location="cpu", log: Callable[[str], None] =
     """(path, checkpoint) of the newest loadable checkpoint, or None; a newer file that cannot be
     loaded is skipped with a warning line."""
     for path in reversed(list_checkpoints(ckpt_dir)):
+        entry = _manifest(ckpt_dir).get(path.name)
         try:
+            if entry is not None and (path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]):
+                raise ValueError("its sha256 does not match the manifest")
             return path, read(path, map_location)
         except Exception as e:
             log(f"warning: checkpoint {path.name} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "

@@ -179,6 +179,10 @@ class HubMirror:
             if rel.startswith("checkpoints/"):
                 if Path(rel).name not in keep:
                     continue
+                if not checkpoints.verified(path):  # a damaged file must never replace a good copy on the Hub
+                    self.log(f"checkpoint {Path(rel).name} does not match its manifest entry; not uploading it")
+                    self._pushed[rel] = stamp
+                    continue
                 source: object = str(path)  # checkpoints are immutable once their name exists
             else:
                 data = path.read_bytes()  # a snapshot of files that may still grow (metrics, events)

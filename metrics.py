@@ -34,13 +34,19 @@ class MetricsLog:
             except Exception:  # tensorboard not installed: CSV only
                 self.writer = None
 
-    def truncate_to(self, episodes: int) -> None:
-        """Drop rows past `episodes` (rows written after the checkpoint being resumed)."""
+    def truncate_to(self, episodes: int, archive_dir: Path) -> dict | None:
+        """Cut the rows past `episodes` (written after the checkpoint being resumed). They are never
+        lost: they go, with the header, to `archive_dir/metrics_cut.csv`. Returns {rows, path} or None."""
         if not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines()
-        if len(lines) > episodes + 1:
-            atomic_write_bytes(self.path, ("\n".join(lines[:episodes + 1]) + "\n").encode())
+            return None
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        if len(lines) <= episodes + 1:
+            return None
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        kept = archive_dir / "metrics_cut.csv"
+        atomic_write_bytes(kept, ("\n".join([lines[0], *lines[episodes + 1:]]) + "\n").encode())
+        atomic_write_bytes(self.path, ("\n".join(lines[:episodes + 1]) + "\n").encode())
+        return {"rows": len(lines) - episodes - 1, "path": kept}
 
     def row(self, values: dict) -> None:
         import csv

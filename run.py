@@ -28,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402  (standard library only; reloaded after a code sync)
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
+BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # the child writes it into status.json: a status of an earlier bout never counts
+LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # the child stops when this process dies
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
 TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub", "models", "carracing_fast", "envs",
                     "train", "evaluate")
@@ -286,9 +289,14 @@ class Supervisor:
         self.stopping = signum
         if self.child and self.child.poll() is None:
             try:
-                self.child.send_signal(signum)
+                self.child.send_signal(self._forwarded(signum))
             except ProcessLookupError:
                 pass
+
+    @staticmethod
+    def _forwarded(signum: int) -> int:
+        """SIGHUP is passed on as SIGTERM: the child checkpoints and exits either way."""
+        return signal.SIGTERM if signum == signal.SIGHUP else signum
 
     def _wait(self, limit: float) -> int:
         """Wait for the child; past `limit` s terminate it, then kill it after the grace period."""
@@ -318,7 +326,7 @@ class Supervisor:
         total = self.cfg.train_max_time
         quick_crashes = 0
         bout = 0
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             while self.stopping is None:
                 left = total - (time.monotonic() - start)
@@ -333,25 +341,29 @@ class Supervisor:
                 self.write_config(continue_run=not new_run)
                 if new_run:
                     cmd.append("--new-run")
-                env = dict(self.env, PYTHONUNBUFFERED="1", **{BOUT_SECONDS_ENV: f"{budget:.3f}"})
+                bout_id = f"{os.getpid()}-{bout}-{time.time():.0f}"
+                env = dict(self.env, PYTHONUNBUFFERED="1", **{BOUT_SECONDS_ENV: f"{budget:.3f}", BOUT_ID_ENV: bout_id,
+                                                              LAUNCHER_PID_ENV: str(os.getpid())})
                 say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
                     f"({left:.0f} s of train_max_time left)")
                 t0 = time.monotonic()
                 self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
                 if self.stopping is not None:  # a signal arrived between the loop test and Popen
-                    self.child.send_signal(self.stopping)
+                    self.child.send_signal(self._forwarded(self.stopping))
                 rc = self._wait(budget + self.kill_grace)
                 ran = time.monotonic() - t0
+                # exit codes first: a status.json counts only when this bout wrote it and exited 0
                 status = self.read_status(self.run_dir)
+                this_bout = rc == 0 and status.get("bout") == bout_id
                 if self.stopping is not None:
                     say(f"stopped by {signal.Signals(self.stopping).name}; training script exited with {rc}")
                     return 0 if rc == 0 else 1
-                if status.get("finished"):
+                if this_bout and status.get("finished"):
                     say(f"run finished: {status.get('reason', 'no reason given')}")
                     return 0
                 if rc == 0:
                     quick_crashes = 0
-                    if not (self.run_dir / "status.json").exists() and Path(self.cmd_base[-1]).name != "train.py":
+                    if not this_bout and Path(self.cmd_base[-1]).name != "train.py":
                         say(f"{Path(self.cmd_base[-1]).name} exited 0 without a status.json; done")
                         return 0
                     continue
@@ -458,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         check_hub_settings(cfg, env)
         run_dir = cfg.run_dir(ROOT)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / "config.json"
+        # the child gets the config in a dot-file; train.py copies it to config.json once it accepted it
+        config_path = run_dir / ".launch-config.json"
 
         def write_config(continue_run: bool) -> None:
             write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})

@@ -26,12 +26,15 @@ import envs
 import hub
 import metrics
 import models
+import runlock
 import utils
 from config import ConfigError, check_upload_settings, load_config, one_line_cli_errors
 from replay import ReplayBuffer
 from utils import kv_line
 
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # set by run.py: this bout's share of train_max_time
+BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # set by run.py: written into status.json so it knows this bout wrote it
+LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # set by run.py: the trainer stops when that process dies
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED+1, ... (the same tracks every time)
 PROGRESS_EVERY_S = 10.0
 HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long
@@ -39,7 +42,12 @@ ROOT = Path(__file__).resolve().parent
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """One line on stdout; a vanished reader (the launcher died, the terminal closed) must not stop the
+    final checkpoint, so write errors are ignored."""
+    try:
+        print(msg, flush=True)
+    except OSError:
+        pass
 
 
 class Trainer:
@@ -80,10 +88,16 @@ class Trainer:
         self.action_counts = np.zeros(self.n_actions, dtype=np.int64)
         self.obs = None
         self.autoreset = np.zeros(cfg.agents, dtype=bool)
+        self.checkpoint_due = False
 
-        self.metrics = metrics.MetricsLog(run_dir)
         self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
-        if new_run or not self._resume():
+        found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
+        if found is None and not new_run:  # nothing to continue from: keep what is there, never wipe it
+            archive_previous_run(run_dir, why="no checkpoint of the run could be loaded")
+        self.metrics = metrics.MetricsLog(run_dir)
+        if found is not None:
+            self._resume(*found)
+        else:
             self._start_fresh(init)
 
     # ------------------------------------------------------------------ setup
@@ -95,7 +109,6 @@ class Trainer:
         self.obs, _ = self.vec.reset(seed=self.cfg.seed)
         for e in range(self.cfg.agents):
             self.replay.start(e, self.obs[e])
-        self.metrics.truncate_to(0)
         self.metrics.text("hyperparameters", metrics.config_table(self.cfg.to_dict()))
 
     # ------------------------------------------------------------------ acting and learning
@@ -183,7 +196,7 @@ class Trainer:
         self.episode_length[env] = 0
         self._apply_win_rule()
         if self.episode % cfg.checkpoint_every == 0:
-            self.save_checkpoint()
+            self.checkpoint_due = True  # written at the end of the step, when the state is whole
 
     def _apply_win_rule(self) -> None:
         """stop_learning_at_win_percent: once enough of the last 100 episodes are wins, stop updating."""
@@ -214,6 +227,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
+        """Between steps only: the observation, autoreset flags and updates of the last step are in."""
+        self.checkpoint_due = False
         t0 = time.monotonic()
         state = checkpoints.capture(self, envs.snapshot_vector_env(self.vec))
         path, size = checkpoints.write(self.ckpt_dir, state, self.cfg.keep_checkpoints)
@@ -228,11 +243,7 @@ class Trainer:
             self.hub.push()
         return path
 
-    def _resume(self) -> bool:
-        found = checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
-        if found is None:
-            return False
-        path, ckpt = found
+    def _resume(self, path: Path, ckpt: dict) -> None:
         replay_note, env_state = checkpoints.restore(self, ckpt)
         if self.cfg.architecture == "snn":  # a changed snn_beta applies (beta is a buffer of each layer)
             for net in (self.q_network, self.target_network):
@@ -248,13 +259,15 @@ class Trainer:
             for e in range(self.cfg.agents):
                 self.replay.start(e, self.obs[e])
             env_note = "interrupted episodes restarted"
-        self.metrics.truncate_to(self.episode)
+        cut = self.metrics.truncate_to(self.episode, self.run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S"))
+        if cut:
+            log(f"warning: metrics.csv had {cut['rows']} rows past the checkpoint's episode {self.episode} (written "
+                f"after it); they were moved to {cut['path']}")
         log(kv_line("resumed", checkpoint=path.name, global_step=self.global_step, episode=self.episode,
                     epsilon=round(self.epsilon, 4), note=f"{replay_note}; {env_note}"))
         changes = utils.describe_changes(ckpt["config"], self.cfg.to_dict(), ignore=("continue_run",))
         if changes:
             log("config changes on resume: " + "; ".join(changes))
-        return True
 
     # ------------------------------------------------------------------ main loop
     def budget_reached(self) -> str | None:
@@ -293,6 +306,8 @@ class Trainer:
         before = self.global_step - real
         if self.global_step // cfg.target_update_every > before // cfg.target_update_every:
             self.update_target()
+        if self.checkpoint_due:
+            self.save_checkpoint()
 
     def run(self) -> int:
         """One bout: train until a budget, the bout's time or a signal stops it; checkpoint; exit code."""
@@ -316,7 +331,7 @@ class Bout:
     def run(self) -> int:
         t, cfg = self.t, self.t.cfg
         deadline = time.monotonic() + self.seconds
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
             signal.signal(s, self._on_signal)
         log(kv_line("start", run=cfg.run_name, architecture=cfg.architecture,
                     snn_mode=cfg.snn_mode if cfg.architecture == "snn" else "-", env=cfg.env_id, agents=cfg.agents,
@@ -359,7 +374,7 @@ class Bout:
     def _status(self, finished: bool, reason: str) -> None:
         t = self.t
         utils.write_status(t.run_dir, finished, reason, global_step=t.global_step, episode=t.episode,
-                           learning_stopped=t.learning_stopped)
+                           learning_stopped=t.learning_stopped, bout=os.environ.get(BOUT_ID_ENV))
 
 
 class _Progress:
@@ -393,9 +408,9 @@ class _Progress:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            print(kv_line("progress", global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
+            log(kv_line("progress", global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
                           mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4), replay=len(t.replay),
-                          bout_left_s=round(max(0.0, deadline - now))), flush=True)
+                          bout_left_s=round(max(0.0, deadline - now))))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -417,8 +432,9 @@ def make_replay(cfg, obs_shape) -> tuple[ReplayBuffer, float]:
     return replay, need / 2**20
 
 
-def archive_previous_run(run_dir: Path) -> None:
-    """A new run never deletes the old one's data: it moves it aside."""
+def archive_previous_run(run_dir: Path, why: str | None = None) -> None:
+    """A new run never deletes the old one's data: it moves it to archive/<time>/ (with a warning
+    line when `why` says the run could not be continued)."""
     old = [p for p in (run_dir / "checkpoints", run_dir / "metrics.csv", run_dir / "tensorboard", run_dir / "plots",
                        run_dir / "status.json") if p.exists()]
     if not old:
@@ -427,7 +443,10 @@ def archive_previous_run(run_dir: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for p in old:
         shutil.move(str(p), str(dest / p.name))
-    log(f"new run: the previous run's files were moved to {dest}")
+    if why:
+        log(f"warning: {why}; starting the run anew and the previous files were moved to {dest}")
+    else:
+        log(f"new run: the previous run's files were moved to {dest}")
 
 
 def seed_everything(seed: int) -> None:
@@ -446,7 +465,7 @@ def connect_hub(cfg, run_dir: Path, fetch: bool):
     mirror = hub.HubMirror(env, cfg.run_name, run_dir, cfg.keep_checkpoints, cfg.local_backup, log=log)
     if fetch:
         try:
-            mirror.fetch_newer(checkpoints.newest_step(run_dir / "checkpoints"))
+            mirror.fetch_newer(checkpoints.newest_verified_step(run_dir / "checkpoints"))
         except Exception as e:
             mirror.log(f"could not look for a newer checkpoint on the Hub ({mirror.describe(e)}); "
                        "resuming from the local files")
@@ -476,19 +495,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="config JSON (conf.json keys)")
     parser.add_argument("--new-run", action="store_true", help="start the run anew (previous files are archived)")
     one_line_cli_errors(parser, "train.py")
+    lock = None
     try:
         args = parser.parse_args(argv)
         cfg = load_config(args.config)
         run_dir = cfg.run_dir(ROOT)
-        config_path = Path(args.config).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if config_path != (run_dir / "config.json").resolve():
-            utils.atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        lock = runlock.RunLock(run_dir).acquire()  # before anything of the run is touched
+        if os.environ.get(LAUNCHER_PID_ENV):
+            runlock.follow_parent(int(os.environ[LAUNCHER_PID_ENV]))
         trainer = Trainer(cfg, run_dir, new_run=args.new_run or not cfg.continue_run)
+        # the run's config.json changes only once the trainer accepted the config (shape, env, device)
+        if Path(args.config).resolve() != (run_dir / "config.json").resolve():
+            utils.atomic_write_json(run_dir / "config.json", cfg.to_dict())
         return trainer.run()
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

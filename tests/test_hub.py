@@ -1,5 +1,6 @@
 """Hub mirroring with the real huggingface_hub client against a local stand-in (HF_ENDPOINT)."""
 import base64
+import io
 import shutil
 import threading
 import time
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import checkpoints
 import hub
 import train
 import utils
@@ -176,3 +178,35 @@ def test_half_written_files_are_never_uploaded(server, tmp_path):
     files = remote_files(server)
     assert not any(".tmp" in p for p in files)
     assert files[f"{PREFIX}/metrics.csv"].endswith(b"\n") and b"99,999" not in files[f"{PREFIX}/metrics.csv"]
+
+
+def test_a_damaged_local_checkpoint_heals_from_the_hub_and_is_never_uploaded(server, tmp_path, capsys):
+    """local_backup false: the only local checkpoint is truncated; resume takes the Hub's good copy
+    (not step 0), and the damaged file never replaces the good one on the Hub."""
+    first = config(tmp_path, total_steps=200, local_backup=False)
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    step = utils.read_status(run_dir(first))["global_step"]
+    name = f"ckpt_{step:010d}.pt"
+    local = run_dir(first) / "checkpoints" / name
+    assert [p.name for p in (run_dir(first) / "checkpoints").glob("ckpt_*.pt")] == [name]
+    good = remote_files(server)[f"studio-a/hubrun/checkpoints/{name}"]
+    local.write_bytes(local.read_bytes()[:1000])
+    capsys.readouterr()
+    second = config(tmp_path, total_steps=300, local_backup=False)
+    assert train.main(["--config", str(second)]) == 0
+    out = capsys.readouterr().out
+    assert f"took checkpoint {name} (step {step})" in out
+    assert f"resumed checkpoint={name} global_step={step}" in out
+    assert utils.read_status(run_dir(second))["global_step"] == 300
+    # a damaged checkpoint is not uploaded: damage the newest local file before a push
+    newest = max((run_dir(second) / "checkpoints").glob("ckpt_*.pt"))
+    mirror = hub.HubMirror(hub.hub_environment(), "hubrun", run_dir(second), keep_checkpoints=2, log=print)
+    newest.write_bytes(b"damaged")
+    mirror.push()
+    assert mirror.finish(60)
+    assert remote_files(server).get(f"studio-a/hubrun/checkpoints/{newest.name}") != b"damaged"
+    assert "does not match its manifest entry; not uploading it" in capsys.readouterr().out
+    for rel, blob in remote_files(server).items():  # every checkpoint on the Hub is whole
+        if "/checkpoints/ckpt_" in rel:
+            assert checkpoints.read(io.BytesIO(blob))["counters"]["global_step"] >= step
+    assert good

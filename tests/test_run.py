@@ -40,7 +40,8 @@ STANDIN = textwrap.dedent('''
         mode = Path("mode.txt").read_text().strip() if Path("mode.txt").exists() else "finish"
 
         def finish(reason):
-            (run_dir / "status.json").write_text(json.dumps({"finished": True, "reason": reason}))
+            (run_dir / "status.json").write_text(json.dumps({"finished": True, "reason": reason,
+                                                             "bout": os.environ["SNNDQN_BOUT_ID"]}))
 
         if mode == "finish":
             finish("budget")
@@ -271,7 +272,7 @@ def test_resolved_config_is_written_to_run_folder_without_secrets(project):
     out = launch(project, *forced(name="cfgtest", extra_info="x1", batch=8))
     assert out.returncode == 0, out.stderr
     run_dir = project / "runs" / "cfgtest-x1"
-    written = json.loads((run_dir / "config.json").read_text())
+    written = json.loads((run_dir / ".launch-config.json").read_text())  # what the child was given
     assert written["batch"] == 8 and written["snn_tSteps"] == 25
     everything = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file())
     assert "SECRET" not in everything + out.stdout + out.stderr
