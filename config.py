@@ -370,3 +370,9 @@ def check_upload_settings(cfg, env: Mapping[str, str]) -> None:
     if missing:
         raise ConfigError(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env or set "
                           "upload_to_cloud to false")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", env["repo_ID"]) or ".." in env["repo_ID"]:
+        raise ConfigError(f"repo_ID in .env must be a Hub repo id like owner/name (letters, digits, '-', '_', '.'), "
+                          f"got {env['repo_ID']!r}")
+    if not re.fullmatch(r"[\w.-]{1,100}", env["session_name"]):
+        raise ConfigError(f"session_name in .env must be a folder name (letters, digits, '-', '_', '.'), "
+                          f"got {env['session_name']!r}")

@@ -169,9 +169,10 @@ def make_env(cfg, render_mode: str | None = None) -> gym.Env:
     else:
         try:
             env = gym.make(cfg.env_id, render_mode=render_mode)
-        except gym.error.Error as e:
+        except Exception as e:  # unknown id, a module that does not import, a missing dependency
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"config key 'env_id': {cfg.env_id!r} cannot be made by Gymnasium "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({type(e).__name__}: {detail}); use a registered id such as CarRacing-v3") from None
         if not isinstance(env.action_space, spaces.Discrete):
             env.close()
             raise ConfigError(f"config key 'env_id': {cfg.env_id} has a {type(env.action_space).__name__} action "

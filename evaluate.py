@@ -15,6 +15,7 @@ import csv
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--episodes must be at least 1")
         if not (args.run or args.checkpoint or args.baseline):
             raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
+        for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export)):
+            if target:
+                check_writable(Path(target), option)
         agents: list[Agent] = []
         run_dirs = []
         for run in args.run:
@@ -264,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before any episode is played when an output file cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write there ({e.strerror}); give a path in a writable folder") from None
 
 
 def play(agent: Agent) -> int:

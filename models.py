@@ -258,6 +258,26 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
                            cfg.snn_readout, cfg.snn_surrogate)
 
 
+def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
+    """Trainable parameters of `build_q_network(cfg, obs_shape, n_actions)`, computed from the shapes
+    alone so that a config too large for memory can be refused before anything is allocated. The ANN
+    and both spiking modes have the same weights (the neurons' decay is a buffer, not a parameter)."""
+    count = 0
+    if len(obs_shape) == 3:
+        c, h, w = conv_output_shape(obs_shape)
+        channels = int(obs_shape[0])
+        for out, kernel, _ in CONV_SPEC:
+            count += channels * out * kernel * kernel + out
+            channels = out
+        width = c * h * w
+    else:
+        width = int(obs_shape[0])
+    for hidden in [*cfg.hidden_layers, n_actions]:
+        count += width * hidden + hidden
+        width = hidden
+    return count
+
+
 class record_firing_rates:
     """`with record_firing_rates(net) as rates: net(obs)` fills `rates` with per-layer firing rates.
 

@@ -36,7 +36,9 @@ TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub"
                     "train", "evaluate")
 PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-GIT_TIMEOUT = 120
+SYNC_TIMEOUT_DEFAULT = 20.0  # seconds a remote may take before the sync is abandoned (.env code_sync_timeout)
+GIT_LOCAL_TIMEOUT = 120.0  # local git commands (reset, rev-parse) on a slow disk
+CRED_ENV = ("SNNDQN_GIT_USERNAME", "SNNDQN_GIT_PASSWORD")  # read by the askpass helper, never on a command line
 
 
 class BadInput(Exception):
@@ -71,14 +73,68 @@ def resolve_remote(link: str, base: Path) -> str:
     return str(candidate.resolve())
 
 
-def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """`https://user:token@host/repo` -> (`https://host/repo`, the askpass helper's environment)."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@\s]+)@(.*)$", url)
+    if not m:
+        return url, {}
+    user, _, password = m.group(2).partition(":")
+    from urllib.parse import unquote
+
+    return m.group(1) + m.group(3), {CRED_ENV[0]: unquote(user), CRED_ENV[1]: unquote(password)}
+
+
+def _askpass_helper() -> str:
+    """A script git runs for a username or password: it prints them from its environment, so they
+    never appear in a command line (`ps`) or in .git/config."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="snndqn-askpass-"))  # private (0700)
+    helper = folder / "askpass.sh"
+    helper.write_text('#!/bin/sh\ncase "$1" in\n  Username*) printf "%s" "$SNNDQN_GIT_USERNAME" ;;\n'
+                      '  *) printf "%s" "$SNNDQN_GIT_PASSWORD" ;;\nesac\n')
+    helper.chmod(0o700)
+    return str(helper)
+
+
+def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_LOCAL_TIMEOUT,
+        creds: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run git; past `timeout` s it is killed with every helper it started (a remote that never answers)."""
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ASKPASS="true")
+    for k in CRED_ENV:
+        env.pop(k, None)
+    if creds:
+        env.update(creds, GIT_ASKPASS=_askpass_helper())
+    proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        if creds:
+            shutil.rmtree(Path(env["GIT_ASKPASS"]).parent, ignore_errors=True)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in (err or out).strip().splitlines() if ln.strip()]
         fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
         raise RuntimeError(redact_url((fatal or lines or [f"git {args[0]} failed"])[0]))
-    return proc
+    return result
+
+
+def sync_timeout(env: dict[str, str]) -> float:
+    value = env.get("code_sync_timeout", "").strip()
+    if not value:
+        return SYNC_TIMEOUT_DEFAULT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise BadInput(f"code_sync_timeout in .env must be a number of seconds > 0, got {value!r}")
+    return seconds
 
 
 def file_digest(path: Path) -> str | None:
@@ -93,27 +149,30 @@ def head_commit(cwd: Path = ROOT) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def sync_code(link: str, branch: str, interpreter: str) -> bool:
+def sync_code(link: str, branch: str, interpreter: str, timeout: float = SYNC_TIMEOUT_DEFAULT) -> bool:
     """Bring ROOT to the newest commit of the remote. Returns True when files changed.
 
-    Failures are reported in one line and leave the local code as it was.
+    Failures are reported in one line and leave the local code as it was. Credentials in the link
+    reach git through its askpass helper only; the remote is stored without them.
     """
     if shutil.which("git") is None:
         warn("code sync skipped: the git command is not installed")
         return False
-    url = resolve_remote(link, ROOT)
+    url, creds = split_credentials(resolve_remote(link, ROOT))
     shown = redact_url(url)
     try:
         if not branch:
-            branch = remote_default_branch(url)
+            branch = remote_default_branch(url, creds, timeout)
         if not (ROOT / ".git").exists():
             git("init", "-q", "-b", branch)
             say(f"{ROOT} is not a git checkout; turning it into a checkout of {shown} (your files are kept)")
         remotes = git("remote").stdout.split()
         git("remote", "set-url" if SYNC_REMOTE in remotes else "add", SYNC_REMOTE, url)
-        git("fetch", "-q", "--no-tags", SYNC_REMOTE, f"+refs/heads/{branch}:refs/remotes/{SYNC_REMOTE}/{branch}")
+        git("fetch", "-q", "--no-tags", SYNC_REMOTE, f"+refs/heads/{branch}:refs/remotes/{SYNC_REMOTE}/{branch}",
+            timeout=timeout, creds=creds)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-        reason = "timed out" if isinstance(e, subprocess.TimeoutExpired) else str(e)
+        reason = (f"the remote did not answer within {timeout:g} s (code_sync_timeout in .env)"
+                  if isinstance(e, subprocess.TimeoutExpired) else str(e))
         warn(f"code sync failed ({shown}{' ' + branch if branch else ''}): {reason}; carrying on with the local code")
         return False
 
@@ -139,8 +198,8 @@ def sync_code(link: str, branch: str, interpreter: str) -> bool:
     return True
 
 
-def remote_default_branch(url: str) -> str:
-    out = git("ls-remote", "--symref", url, "HEAD").stdout
+def remote_default_branch(url: str, creds: dict[str, str], timeout: float) -> str:
+    out = git("ls-remote", "--symref", url, "HEAD", timeout=timeout, creds=creds).stdout
     m = re.search(r"^ref: refs/heads/(\S+)\s+HEAD", out, re.M)
     if not m:
         raise RuntimeError("the remote has no default branch; set code_base_branch in .env")
@@ -441,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         link = env.get("code_base_link", "").strip()
         if link and link != "." and not args.no_sync:
             before = file_digest(ROOT / "run.py")
-            sync_code(link, env.get("code_base_branch", "").strip(), interpreter)
+            sync_code(link, env.get("code_base_branch", "").strip(), interpreter, sync_timeout(env))
             if file_digest(ROOT / "run.py") != before:
                 if os.environ.get(REEXEC_GUARD):
                     warn("run.py changed again after a restart; not restarting twice")

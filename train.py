@@ -11,7 +11,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from collections import deque
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import bout
 import checkpoints
 import envs
 import hub
@@ -30,24 +30,14 @@ import runlock
 import utils
 from config import ConfigError, check_upload_settings, load_config, one_line_cli_errors
 from replay import ReplayBuffer
+from bout import log
 from utils import kv_line
 
-BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # set by run.py: this bout's share of train_max_time
-BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # set by run.py: written into status.json so it knows this bout wrote it
 LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # set by run.py: the trainer stops when that process dies
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED+1, ... (the same tracks every time)
-PROGRESS_EVERY_S = 10.0
-HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long
 ROOT = Path(__file__).resolve().parent
 
 
-def log(msg: str) -> None:
-    """One line on stdout; a vanished reader (the launcher died, the terminal closed) must not stop the
-    final checkpoint, so write errors are ignored."""
-    try:
-        print(msg, flush=True)
-    except OSError:
-        pass
 
 
 class Trainer:
@@ -59,13 +49,16 @@ class Trainer:
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = models.resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        init = checkpoints.read_init_weights(cfg, ROOT) if cfg.init_weights else None  # bad input fails before anything is touched
+        # bad input fails before anything of the run is touched
+        init = checkpoints.read_init_weights(cfg, ROOT) if cfg.init_weights else None
+        check_upload_settings(cfg, hub.hub_environment())
 
-        if new_run:
-            archive_previous_run(run_dir)
         self.vec = envs.make_vector_env(cfg)
         self.n_actions = int(self.vec.single_action_space.n)
         self.obs_shape = tuple(self.vec.single_observation_space.shape)
+        check_memory(cfg, self.obs_shape, self.n_actions, self.device)  # refuse before allocating
+        if new_run:
+            archive_previous_run(run_dir)
         self.q_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
         self.target_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
@@ -311,110 +304,21 @@ class Trainer:
 
     def run(self) -> int:
         """One bout: train until a budget, the bout's time or a signal stops it; checkpoint; exit code."""
-        return Bout(self).run()
+        return bout.Bout(self).run()
 
 
-class Bout:
-    """One `train.py` process's share of a run: its deadline, signals, progress display and final status."""
-
-    def __init__(self, trainer: Trainer):
-        self.t = trainer
-        cfg = trainer.cfg
-        self.seconds = cfg.max_run_time
-        if os.environ.get(BOUT_SECONDS_ENV):
-            self.seconds = min(self.seconds, float(os.environ[BOUT_SECONDS_ENV]))
-        self.stop_signal: int | None = None
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signum
-
-    def run(self) -> int:
-        t, cfg = self.t, self.t.cfg
-        deadline = time.monotonic() + self.seconds
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
-            signal.signal(s, self._on_signal)
-        log(kv_line("start", run=cfg.run_name, architecture=cfg.architecture,
-                    snn_mode=cfg.snn_mode if cfg.architecture == "snn" else "-", env=cfg.env_id, agents=cfg.agents,
-                    device=t.device, obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
-                    global_step=t.global_step, episode=t.episode, bout_seconds=round(self.seconds)))
-        self._status(False, "training")
-        progress = _Progress(cfg.total_steps, t.global_step)
-        sps_t0, sps_steps = time.monotonic(), t.global_step
-        sps = 0.0
-        reason = finished = None
-        try:
-            while True:
-                finished = t.budget_reached()
-                if finished:
-                    break
-                if self.stop_signal is not None:
-                    reason = f"interrupted by {signal.Signals(self.stop_signal).name}"
-                    break
-                if time.monotonic() >= deadline:
-                    reason = f"bout time budget of {self.seconds:.0f} s reached"
-                    break
-                t.step(sps)
-                now = time.monotonic()
-                if now - sps_t0 >= 5:
-                    sps = (t.global_step - sps_steps) / (now - sps_t0)
-                    sps_t0, sps_steps = now, t.global_step
-                progress.update(t, sps, deadline)
-        finally:
-            progress.close()
-        t.save_checkpoint()
-        self._status(bool(finished), finished or reason)
-        log(kv_line("finished" if finished else "stopped", reason=finished or reason, global_step=t.global_step,
-                    episode=t.episode))
-        t.metrics.close()
-        t.vec.close()
-        if t.hub is not None:
-            t.hub.finish(HUB_FINAL_WAIT_S)
-        return 0
-
-    def _status(self, finished: bool, reason: str) -> None:
-        t = self.t
-        utils.write_status(t.run_dir, finished, reason, global_step=t.global_step, episode=t.episode,
-                           learning_stopped=t.learning_stopped, bout=os.environ.get(BOUT_ID_ENV))
-
-
-class _Progress:
-    """A tqdm bar when stdout is a terminal, otherwise a key=value line every few seconds."""
-
-    def __init__(self, total_steps: int, start: int):
-        self.bar = None
-        self.last = time.monotonic()
-        if sys.stdout.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total_steps or None, initial=start, unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-        self.shown = start
-
-    @staticmethod
-    def _mean100(t: Trainer) -> float:
-        return float(np.mean(t.recent_returns)) if t.recent_returns else float("nan")
-
-    def update(self, t: Trainer, sps: float, deadline: float) -> None:
-        """Called every loop iteration: anything beyond a counter update happens only when shown."""
-        if self.bar is not None:
-            self.bar.update(t.global_step - self.shown)
-            self.shown = t.global_step
-            if t.global_step % 50 == 0:
-                self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
-                                     refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            log(kv_line("progress", global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
-                          mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4), replay=len(t.replay),
-                          bout_left_s=round(max(0.0, deadline - now))))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def check_memory(cfg, obs_shape, n_actions: int, device: torch.device) -> None:
+    """ConfigError when the replay and the networks (online, target, gradients, Adam's moments) cannot
+    fit in the memory available, measured before anything is allocated (from the shapes alone)."""
+    params = models.parameter_count(cfg, obs_shape, n_actions)
+    image = len(obs_shape) == 3
+    replay = ReplayBuffer.bytes_needed(cfg.replay_size, obs_shape, cfg.frame_stack if image else 1, 1 if image else 4)
+    networks = 5 * 4 * params if device.type == "cpu" else 0  # float32 x 5 copies
+    available = utils.available_memory()
+    if available is not None and replay + networks > available:
+        raise ConfigError(f"the replay ({replay / 2**30:.2f} GiB, replay_size {cfg.replay_size}) and the networks "
+                          f"({networks / 2**30:.2f} GiB, hidden_layers {cfg.hidden_layers}) need more memory than "
+                          f"the {available / 2**30:.2f} GiB available; lower replay_size or hidden_layers")
 
 
 def make_replay(cfg, obs_shape) -> tuple[ReplayBuffer, float]:
@@ -510,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         return trainer.run()
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in bout.DISK_ERRNOS:
+            raise
+        print(f"train.py: error: cannot write to the run folder ({e.strerror}: {e.filename}); free disk space or "
+              "make the folder writable, then run again", file=sys.stderr)
         return 2
     finally:
         if lock is not None:

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
+import bout  # noqa: E402
 import train  # noqa: E402
 import config  # noqa: E402
 
@@ -45,7 +46,7 @@ def measure(arch: str, steps: int, warmup: int, tmp: Path) -> dict:
                              "replay_size": 20_000})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     marks = {}
-    original = train._Progress.update
+    original = bout.Progress.update
 
     def update(self, t, sps, deadline):
         if t.global_step >= warmup and "start" not in marks:
@@ -53,11 +54,11 @@ def measure(arch: str, steps: int, warmup: int, tmp: Path) -> dict:
         marks["end"] = (time.perf_counter(), t.global_step)
         return original(self, t, sps, deadline)
 
-    train._Progress.update = update
+    bout.Progress.update = update
     try:
         trainer.run()
     finally:
-        train._Progress.update = original
+        bout.Progress.update = original
     (t0, s0), (t1, s1) = marks["start"], marks["end"]
     loop_rate = (s1 - s0) / (t1 - t0)
 

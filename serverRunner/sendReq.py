@@ -87,13 +87,18 @@ def start_and_run(entry: dict) -> str:
     except ImportError:  # older SDKs
         OutOfCapacityError = RuntimeError  # noqa: N806
 
+    machine = entry.get("machine") or None
+    if machine:
+        known = sorted(k for k, v in vars(Machine).items() if isinstance(v, Machine))
+        if machine.upper() not in known and machine not in {str(getattr(Machine, k)) for k in known}:
+            raise BadInput(f"field 'machine' is {machine!r}, which lightning-sdk does not know; use one of "
+                           f"{', '.join(known)}")
     where = f"{entry['teamspaceName']}/{entry['studioName']}"
     try:
         studio = Studio(name=entry["studioName"], teamspace=f"{entry['user']}/{entry['teamspaceName']}",
                         create_ok=False)
         started = ""
         if studio.status != Status.Running:
-            machine = entry.get("machine") or None
             studio.start(machine=Machine.from_str(machine) if machine else None)
             started = f" (started on {machine or 'the default machine'})"
         output, code = studio.run_with_exit_code(detached(entry["commandToRun"]))

@@ -20,10 +20,10 @@ class BadInput extends Error {}
 
 const OPTIONS = {
   studios: { env: 'STUDIOS_FILE', def: path.join(__dirname, '..', 'studios.json'), help: 'studios file' },
-  'batch-size': { env: 'BATCH_SIZE', def: '0', num: true, help: 'studios per batch (0 = all in one batch)' },
+  'batch-size': { env: 'BATCH_SIZE', def: '0', num: true, int: true, help: 'studios per batch (0 = all in one batch)' },
   'batch-delay': { env: 'BATCH_DELAY', def: String(4 * 3600), num: true, help: 'seconds between batches' },
   stagger: { env: 'STAGGER', def: '5', num: true, help: 'seconds between the studios of a batch' },
-  rounds: { env: 'ROUNDS', def: '0', num: true, help: 'rounds of the whole plan (0 = until stopped)' },
+  rounds: { env: 'ROUNDS', def: '0', num: true, int: true, help: 'rounds of the whole plan (0 = until stopped)' },
   'kill-after': { env: 'KILL_AFTER', def: '300', num: true, help: 'seconds before a helper that has not returned is killed' },
   python: { env: 'PYTHON', def: 'python3', help: 'Python interpreter for the helper' },
   helper: { env: 'SEND_REQ', def: path.join(__dirname, 'sendReq.py'), help: 'helper script' },
@@ -62,9 +62,37 @@ function parseArgs(argv, env) {
     if (!o.num) continue;
     const n = Number(opts[name]);
     if (!Number.isFinite(n) || n < 0) throw new BadInput(`--${name} must be a number >= 0, got ${JSON.stringify(opts[name])}`);
+    if (o.int && !Number.isInteger(n)) {
+      throw new BadInput(`--${name} (or ${o.env}) must be a whole number, got ${JSON.stringify(opts[name])}`);
+    }
     opts[name] = n;
   }
   return opts;
+}
+
+// The first key that appears twice in the top-level object of a JSON text (JSON.parse keeps the last
+// silently), or null.
+function repeatedKey(text) {
+  const seen = new Set();
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '{' || c === '[') depth++;
+    else if (c === '}' || c === ']') depth--;
+    else if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      const key = JSON.parse(text.slice(i, j + 1));
+      let k = j + 1;
+      while (k < text.length && /\s/.test(text[k])) k++;
+      if (depth === 1 && text[k] === ':') {
+        if (seen.has(key)) return key;
+        seen.add(key);
+      }
+      i = j;
+    }
+  }
+  return null;
 }
 
 function loadStudios(file) {
@@ -83,6 +111,8 @@ function loadStudios(file) {
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new BadInput(`${file} must be an object of entries like "studio_1": {...}`);
   }
+  const twice = repeatedKey(text);
+  if (twice) throw new BadInput(`${file}: entry "${twice}" appears twice (JSON keeps only the last); rename one`);
   const studios = [];
   const seen = new Map();
   for (const [name, entry] of Object.entries(data)) {

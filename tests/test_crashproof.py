@@ -190,3 +190,56 @@ def test_a_stale_finished_status_never_hides_a_rejected_config(tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "run finished" not in out.stdout and "hidden_layers" in out.stderr
     assert (run_dir / "config.json").read_bytes() == accepted  # the rejected config never replaced it
+
+
+# --------------------------------------------------------------------------- disks and bad input
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs), for a real full disk; skipped where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_exits_2_once(tmp_path, small_disk):
+    cfg = tiny(tmp_path, runs_dir=str(small_disk), total_steps=200, checkpoint_every=1000)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    run_dir = run_dir_of(cfg)
+    good = checkpoints.list_checkpoints(run_dir / "checkpoints")[-1]
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    room = max(12 * 1024, good.stat().st_size // 2)  # status.json and metrics rows fit, a checkpoint does not
+    (small_disk / "filler").write_bytes(b"\0" * (free - room))
+    more = tiny(tmp_path, runs_dir=str(small_disk), total_steps=400, checkpoint_every=1000)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(more)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in proc.stderr
+    (small_disk / "filler").unlink()
+    assert checkpoints.load_newest(run_dir / "checkpoints")[0] == good  # the previous checkpoint is intact
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["finished"] is False and "No space left on device" in status["reason"]
+
+
+def test_read_only_run_folder_is_one_line_exit_2(tmp_path, small_disk):
+    cfg = tiny(tmp_path, runs_dir=str(small_disk), total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(cfg)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0]
+
+
+def test_an_env_id_that_does_not_import_is_one_line_and_no_restart_loop(tmp_path):
+    cfg = json.loads(tiny(tmp_path, env_id="nosuchmodule:Foo-v0", name="badenv").read_text())
+    out = subprocess.run([sys.executable, "run.py", "--no-sync", "--forceconfig", "--config", json.dumps(cfg)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stdout.count("bout ") == 1  # no restart
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("train.py: error:")]
+    assert len(lines) == 1 and "'nosuchmodule:Foo-v0' cannot be made by Gymnasium" in lines[0]

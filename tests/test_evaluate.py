@@ -92,6 +92,16 @@ def test_bad_input_exit_2(args, message, capsys):
     assert len(err) == 1 and message in err[0]
 
 
+def test_an_unwritable_output_path_is_one_line_before_any_episode(cartpole_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for option in ("--gif", "--plot", "--export"):
+        args = ["--run", str(cartpole_run), option, str(blocker / "out.bin"), "--no-table"]
+        assert evaluate.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{option} {blocker / 'out.bin'}: cannot write there" in err[0]
+
+
 def test_run_without_checkpoint_and_foreign_files(tmp_path, cartpole_run, capsys):
     (tmp_path / "empty").mkdir()
     assert evaluate.main(["--run", str(tmp_path / "empty")]) == 2

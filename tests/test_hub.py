@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import bout
 import checkpoints
 import hub
 import train
@@ -28,7 +29,7 @@ def server(monkeypatch):
     monkeypatch.setenv("session_name", "studio-a")
     monkeypatch.setenv("huggingface_write", WRITE)
     monkeypatch.setenv("huggingface_read", READ)
-    monkeypatch.setattr(train, "HUB_FINAL_WAIT_S", 60.0)
+    monkeypatch.setattr(bout, "HUB_FINAL_WAIT_S", 60.0)
     yield srv
     srv.stop()
 
@@ -124,6 +125,15 @@ def test_wrong_token_is_one_line_and_training_goes_on(server, tmp_path, capsys, 
     assert "hf_wrong_token_value" not in out.out + out.err
     assert utils.read_status(run_dir(cfg))["finished"] is True
     assert "tester/runs" not in server.repos or not remote_files(server)
+
+
+@pytest.mark.parametrize("repo", ["not a repo", "owner/name/extra", "https://huggingface.co/owner/name", "owner/"])
+def test_a_malformed_repo_id_is_refused_before_training(server, tmp_path, capsys, monkeypatch, repo):
+    monkeypatch.setenv("repo_ID", repo)
+    assert train.main(["--config", str(config(tmp_path)), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "repo_ID in .env must be a Hub repo id" in err[0]
+    assert server.requests == []
 
 
 def test_upload_without_repo_or_token_is_a_config_error(server, tmp_path, capsys, monkeypatch):

@@ -146,3 +146,11 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             models.resolve_device("cuda")
+
+
+@pytest.mark.parametrize("arch, mode", [("ann", "hybrid"), ("snn", "hybrid"), ("snn", "full")])
+@pytest.mark.parametrize("obs_shape", [(4, 84, 84), (3, 64, 48), (8,)])
+def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_shape):
+    c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16])
+    built = sum(p.numel() for p in models.build_q_network(c, obs_shape, 5).parameters())
+    assert models.parameter_count(c, obs_shape, 5) == built

@@ -4,14 +4,20 @@ Every test drives the real launcher as a child process in a throw-away project f
 """
 from __future__ import annotations
 
+import base64
+import functools
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -178,6 +184,79 @@ def test_credentials_in_remote_url_are_not_printed(remote_and_checkout):
     out = launch(studio)
     assert out.returncode == 0
     assert "s3cr3t-token" not in out.stdout + out.stderr
+
+
+def test_remote_that_never_answers_is_abandoned_in_time(remote_and_checkout):
+    _, _, studio = remote_and_checkout
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing is ever read or answered
+    try:
+        port = silent.getsockname()[1]
+        (studio / ".env").write_text(f"code_base_link=http://127.0.0.1:{port}/x.git\ncode_sync_timeout=2\n")
+        t0 = time.monotonic()
+        out = launch(studio)
+        assert time.monotonic() - t0 < 15
+        assert out.returncode == 0, out.stderr
+        assert "the remote did not answer within 2 s (code_sync_timeout in .env)" in out.stderr
+        assert re.search(r"standin bout \d+ done", out.stdout)  # training started anyway
+    finally:
+        silent.close()
+
+
+class _AuthGitServer(http.server.SimpleHTTPRequestHandler):
+    """A git remote over HTTP (git's dumb protocol: plain files) that wants Basic credentials."""
+    expected = ""
+
+    def do_GET(self):
+        if self.headers.get("Authorization") != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_credentials_reach_git_by_askpass_never_argv_or_git_config(remote_and_checkout):
+    remote, dev, studio = remote_and_checkout
+    head = push(dev, {"NEWFILE.txt": "over http\n"})
+    git(remote, "update-server-info")
+    token = "tok3n-Zx9-never-in-argv"
+    handler = functools.partial(_AuthGitServer, directory=str(remote))
+    _AuthGitServer.expected = "Basic " + base64.b64encode(f"alice:{token}".encode()).decode()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    seen, stop = [], threading.Event()
+
+    def sample_cmdlines():
+        while not stop.is_set():
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmd = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if token.encode() in cmd:
+                    seen.append(cmd)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample_cmdlines, daemon=True)
+    sampler.start()
+    try:
+        (studio / ".env").write_text(f"code_base_link=http://alice:{token}@127.0.0.1:{server.server_port}/\n")
+        out = launch(studio)
+    finally:
+        stop.set()
+        sampler.join()
+        server.shutdown()
+    assert out.returncode == 0, out.stderr
+    assert git(studio, "rev-parse", "HEAD") == head and (studio / "NEWFILE.txt").read_text() == "over http\n"
+    assert not seen, "the token appeared in a process's command line"
+    assert token not in (studio / ".git" / "config").read_text() + out.stdout + out.stderr
+    assert not list(Path(tempfile.gettempdir()).glob("snndqn-askpass-*"))  # the helper is removed
 
 
 def test_syntax_error_upstream_is_rolled_back(remote_and_checkout):

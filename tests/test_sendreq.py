@@ -159,6 +159,15 @@ def test_stopped_studio_is_started_and_the_command_posted_detached(lightning, tm
     assert len(standin.requests) < 80  # no busy polling
 
 
+def test_a_machine_lightning_sdk_does_not_know_is_refused_before_any_request(lightning, tmp_path):
+    standin = lightning()
+    r = call(["--from-env"], lightning_env(standin, tmp_path, machine="GPU-9000"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'GPU-9000', which lightning-sdk does not know" in lines[0] and "T4" in lines[0]
+    assert standin.requests == []
+
+
 def test_running_studio_is_not_restarted(lightning, tmp_path):
     standin = lightning(running=("s1",))
     r = call(["--from-env"], lightning_env(standin, tmp_path, machine="CPU"))

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import bout
 import checkpoints
 import train
 import utils
@@ -112,7 +113,7 @@ def test_budgets_and_status(tmp_path):
 
 def test_bout_budget_stops_without_finishing(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, total_steps=0)
-    monkeypatch.setenv(train.BOUT_SECONDS_ENV, "1.5")
+    monkeypatch.setenv(bout.BOUT_SECONDS_ENV, "1.5")
     t0 = time.monotonic()
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     assert time.monotonic() - t0 < 30
@@ -206,11 +207,25 @@ def test_bad_arguments_are_one_line(capsys):
 
 
 def test_warns_when_the_replay_will_not_fit(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train.utils, "available_memory", lambda: 10 * 2**20)  # 10 MiB free
+    monkeypatch.setattr(train.utils, "available_memory", lambda: 40 * 2**20)  # 40 MiB free
     cfg = tiny(tmp_path, env_id="CarRacing-v3", replay_size=5000, total_steps=1, learning_starts=1000)
-    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0  # 34 MiB: tight but possible
     out = capsys.readouterr().out
     assert "warning: the replay buffer needs" in out and "lower replay_size" in out
+
+
+@pytest.mark.parametrize("keys, named", [({"replay_size": 10**11}, "replay_size"),
+                                         ({"hidden_layers": [200_000, 200_000]}, "hidden_layers")])
+def test_a_config_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, capsys, keys, named):
+    cfg = tiny(tmp_path, total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    files = sorted(p.name for p in run_dir(cfg).rglob("*"))
+    capsys.readouterr()
+    huge = tiny(tmp_path, total_steps=100, **keys)
+    assert train.main(["--config", str(huge), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need more memory than" in err[0] and named in err[0]
+    assert sorted(p.name for p in run_dir(cfg).rglob("*")) == files  # nothing archived or written
 
 
 def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):

@@ -109,6 +109,8 @@ test('bad studios.json: one line naming the entry and field, exit 2', () => {
     [JSON.stringify({ studio_1: studio(1), studio_2: { ...studio(1), apiKey: 'x' } }),
       /entry "studio_2" field "studioName" repeats the studio of entry "studio_1"/],
     [JSON.stringify({ studio_1: { ...studio(1), machine: 5 } }), /field "machine"/],
+    [`{"studio_1": ${JSON.stringify(studio(1))}, "studio_1": ${JSON.stringify(studio(2))}}`,
+      /entry "studio_1" appears twice/],
   ];
   for (const [text, message] of cases) {
     const ctx = setup(text);
@@ -124,6 +126,17 @@ test('bad studios.json: one line naming the entry and field, exit 2', () => {
   assert.strictEqual(run(ctx, ['--bogus']).status, 2);
   assert.strictEqual(run(ctx, ['--stagger', '-1']).status, 2);
   assert.throws(() => loadStudios(path.join(ctx.dir, 'missing.json')), /cannot be read/);
+});
+
+test('a fractional batch size or rounds is one line and exit 2, also with --dry-run (it used to hang)', () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2) });
+  for (const [args, env] of [[['--batch-size', '0.5'], {}], [[], { BATCH_SIZE: '0.5' }], [['--rounds', '1.5'], {}]]) {
+    const r = run(ctx, ['--dry-run', ...args], env);
+    assert.strictEqual(r.status, 2, r.stderr);
+    const lines = r.stderr.trim().split('\n');
+    assert.strictEqual(lines.length, 1);
+    assert.match(lines[0], /must be a whole number/);
+  }
 });
 
 test('--dry-run prints the plan with times and starts nothing', () => {
