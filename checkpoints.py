@@ -24,6 +24,7 @@ from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
 NAME_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+BEST_NAME = "best.pt"  # in the run folder: the policy with the best held-out evaluation so far
 MANIFEST = ".manifest.json"  # {name: {"sha256", "bytes"}} of the checkpoints written and verified here
 
 
@@ -151,17 +152,28 @@ def check_shape(saved_config: dict, cfg, what: str, hint: str) -> None:
 
 
 # --------------------------------------------------------------------------- weights-only files
-def export_weights(source: Path, dest: Path) -> Path:
-    """A small file with what evaluation and play need: config, shapes, the online network."""
-    ckpt = read_for_user(source)
+def weights_only(ckpt: dict, evaluation: dict | None = None) -> dict:
+    """The --export format: config, shapes, the online network, what trained it (no replay, no optimiser)."""
     small = {"format": FORMAT, "config": ckpt["config"], "obs_shape": ckpt["obs_shape"],
              "n_actions": ckpt["n_actions"], "q_network": ckpt["q_network"],
              "trained": ckpt.get("trained") or {k: ckpt.get("counters", {}).get(k)
                                                 for k in ("global_step", "episode", "updates")}}
-    buf = io.BytesIO()
-    torch.save(small, buf)
-    atomic_write_bytes(dest, buf.getvalue())
+    if evaluation is not None or ckpt.get("evaluation") is not None:
+        small["evaluation"] = evaluation if evaluation is not None else ckpt["evaluation"]
+    return small
+
+
+def export_weights(source: Path, dest: Path) -> Path:
+    """A small file with what evaluation and play need: config, shapes, the online network."""
+    write_best(dest, read_for_user(source), None)
     return Path(dest)
+
+
+def write_best(dest: Path, ckpt: dict, evaluation: dict | None) -> None:
+    """Write the weights-only file of `ckpt` atomically (best.pt, pretrained/*.pt)."""
+    buf = io.BytesIO()
+    torch.save(weights_only(ckpt, evaluation), buf)
+    atomic_write_bytes(dest, buf.getbuffer())
 
 
 def read_init_weights(cfg, root: Path) -> dict:
@@ -199,7 +211,7 @@ def capture(t, env_snapshot: bytes | None) -> dict:
                      "update_credit": t.update_credit, "epsilon": t.epsilon, "learning_stopped": t.learning_stopped},
         "history": {"recent_wins": list(t.recent_wins), "recent_returns": list(t.recent_returns),
                     "episode_return": t.episode_return.tolist(), "episode_length": t.episode_length.tolist(),
-                    "action_counts": t.action_counts.tolist(), "last_eval": t.last_eval,
+                    "action_counts": t.action_counts.tolist(), "last_eval": t.last_eval, "best_eval": t.best_eval,
                     "loss_sum": float(t.loss_sum), "loss_count": t.loss_count},
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -207,6 +219,13 @@ def capture(t, env_snapshot: bytes | None) -> dict:
         "env": {"snapshot": env_snapshot, "obs": np.array(t.obs), "autoreset": t.autoreset.copy()},
         "replay": t.replay.state_dict() if t.cfg.save_replay else None,
     }
+
+
+def capture_weights(t) -> dict:
+    """Just what a weights-only file needs from a `train.Trainer` (no replay, no optimiser)."""
+    return {"config": t.cfg.to_dict(), "obs_shape": list(t.obs_shape), "n_actions": t.n_actions,
+            "q_network": t.q_network.state_dict(),
+            "counters": {"global_step": t.global_step, "episode": t.episode, "updates": t.updates}}
 
 
 def restore(t, ckpt: dict) -> tuple[str, dict | None]:
@@ -228,6 +247,7 @@ def restore(t, ckpt: dict) -> tuple[str, dict | None]:
     t.recent_returns.extend(h["recent_returns"])
     t.action_counts[:] = h["action_counts"]
     t.last_eval = h["last_eval"]
+    t.best_eval = h.get("best_eval")  # absent in checkpoints of older versions
     t.loss_sum.fill_(h["loss_sum"])
     t.loss_count = h["loss_count"]
     r = ckpt["rng"]

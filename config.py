@@ -100,7 +100,8 @@ def _keys() -> list[Key]:
         K("save_replay", True, "bool", "Store the replay buffer (compressed) in checkpoints for exact resume."),
         K("keep_checkpoints", 3, "int", "Newest checkpoints kept on disk (and on the Hub).", low=1, high=100),
         K("eval_every", 25, "int", "Episodes between greedy evaluations during training; 0 = off.", low=0),
-        K("eval_episodes", 3, "int", "Episodes per evaluation during training.", low=1),
+        K("eval_episodes", 10, "int", "Full greedy episodes per evaluation during training, on held-out tracks "
+          "(seeds 10000+, never the table's 0–49); the best mean so far is kept as `best.pt`.", low=1),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
         K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over "
           "steps (`mean` learns CarRacing best in short training runs, see bench/tune.py).",

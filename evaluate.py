@@ -61,8 +61,22 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
             return int(net(torch.as_tensor(np.asarray(obs)[None], device=dev)).argmax(1))
 
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    name = label or (f"{cfg.architecture.upper()}-DDQN ({run_dir.name if run_dir else path.stem})")
+    if path.name == checkpoints.BEST_NAME:
+        run_dir = path.parent
+    what = f"{run_dir.name}{', best' if path.name == checkpoints.BEST_NAME else ''}" if run_dir else path.stem
+    name = label or f"{cfg.architecture.upper()}-DDQN ({what})"
     return Agent(name, cfg, lambda env: act, run_dir)
+
+
+def run_checkpoint(run_dir: Path, best: bool) -> Path:
+    """The file of a run to evaluate: best.pt with --best, else the newest loadable checkpoint."""
+    if not best:
+        return newest_checkpoint(run_dir)
+    path = run_dir / checkpoints.BEST_NAME
+    if not path.is_file():
+        raise ConfigError(f"run {run_dir} has no {checkpoints.BEST_NAME} yet (it is written at the first greedy "
+                          "evaluation, every eval_every episodes); leave out --best for the newest checkpoint")
+    return path
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
@@ -181,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", default=[], metavar="DIR", help="run folder (its newest checkpoint)")
+    p.add_argument("--best", action="store_true", help="with --run: the run's best.pt (the best held-out "
+                   "evaluation during training) instead of its newest checkpoint")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
                    help="checkpoint or pretrained/*.pt file")
     p.add_argument("--baseline", action="append", default=[], choices=["random", "pid"], help="baseline method")
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             if not run_dir.is_dir():
                 raise ConfigError(f"run folder {run_dir} does not exist")
             run_dirs.append(run_dir)
-            agents.append(load_agent(newest_checkpoint(run_dir), args.device))
+            agents.append(load_agent(run_checkpoint(run_dir, args.best), args.device))
         for ckpt in args.checkpoint:
             agents.append(load_agent(Path(ckpt), args.device))
         env_id = args.env_id or (agents[0].cfg.env_id if agents else "CarRacing-v3")
@@ -231,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
 
         if args.export:
-            sources = [newest_checkpoint(Path(r)) for r in args.run] + [Path(c) for c in args.checkpoint]
+            sources = [run_checkpoint(Path(r), args.best) for r in args.run] + [Path(c) for c in args.checkpoint]
             if not sources:
                 raise ConfigError("--export needs a --run or --checkpoint")
             out = checkpoints.export_weights(sources[0], Path(args.export))

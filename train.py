@@ -34,7 +34,7 @@ from bout import log
 from utils import kv_line
 
 LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # set by run.py: the trainer stops when that process dies
-EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED+1, ... (the same tracks every time)
+EVAL_SEED = 10_000  # held-out evaluation tracks: seeds EVAL_SEED, EVAL_SEED+1, ... (never the table's 0-49)
 ROOT = Path(__file__).resolve().parent
 
 
@@ -78,6 +78,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
         self.last_eval: float | None = None
+        self.best_eval: float | None = None
         self.action_counts = np.zeros(self.n_actions, dtype=np.int64)
         self.obs = None
         self.autoreset = np.zeros(cfg.agents, dtype=bool)
@@ -209,13 +210,21 @@ class Trainer:
             return int(self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device)).argmax(1))
 
     def evaluate(self, episodes: int) -> float:
-        """Mean return of greedy episodes on fixed seeds (the same tracks every evaluation)."""
-        env = envs.make_env(self.cfg)
+        """Mean return of full greedy episodes (no lenient termination) on held-out tracks, the same
+        every time; the best so far is kept as best.pt (weights + config, the --export format)."""
+        env = envs.make_env(self.cfg.replace(lenient_termination=0))
         try:
             returns = [envs.play_episode(env, self.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
         finally:
             env.close()
         self.last_eval = float(np.mean(returns))
+        log(kv_line("eval", episode=self.episode, global_step=self.global_step, episodes=episodes,
+                    mean=round(self.last_eval, 2), min=round(min(returns), 2), max=round(max(returns), 2),
+                    best=round(max(self.last_eval, self.best_eval if self.best_eval is not None else -1e9), 2)))
+        if self.best_eval is None or self.last_eval > self.best_eval:
+            self.best_eval = self.last_eval
+            checkpoints.write_best(self.run_dir / checkpoints.BEST_NAME, checkpoints.capture_weights(self),
+                                   {"mean": self.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"})
         return round(self.last_eval, 4)
 
     # ------------------------------------------------------------------ checkpoints

@@ -249,3 +249,34 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
         assert len(err) == 1 and "init_weights" in err[0]
     assert [p.read_bytes() for p in sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))] == before
     assert not (run_dir(warm) / "archive").exists()
+
+
+def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
+    import evaluate
+
+    cfg = tiny(tmp_path, total_steps=600, eval_every=5, eval_episodes=2, checkpoint_every=5)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    evals = [float(line.split(" mean=")[1].split()[0]) for line in out.splitlines() if line.startswith("eval ")]
+    assert len(evals) >= 3
+    best = torch.load(run_dir(cfg) / "best.pt", weights_only=False)
+    assert best["evaluation"]["mean"] == pytest.approx(max(evals), abs=0.01)
+    assert best["evaluation"]["episodes"] == 2 and "target_network" not in best and "replay" not in best
+    rows = [r for r in csv.DictReader(open(run_dir(cfg) / "metrics.csv")) if r["eval_return"]]
+    assert [round(float(r["eval_return"]), 2) for r in rows] == [round(e, 2) for e in evals]
+    # a resume keeps the best so far: best.pt changes only for a better mean
+    assert checkpoints.load_newest(run_dir(cfg) / "checkpoints")[1]["history"]["best_eval"] == pytest.approx(
+        max(evals), abs=0.01)
+    assert evaluate.main(["--run", str(run_dir(cfg)), "--best", "--episodes", "2"]) == 0
+    assert "ANN-DDQN (t, best)" in capsys.readouterr().out
+
+
+def test_evaluate_best_without_best_pt_is_one_line(tmp_path, capsys):
+    import evaluate
+
+    cfg = tiny(tmp_path, total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(run_dir(cfg)), "--best"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no best.pt yet" in err[0]
