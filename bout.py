@@ -21,14 +21,21 @@ BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # set by run.py: this bout's share of 
 BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # set by run.py: written into status.json so it knows this bout wrote it
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)  # exit 2, no restart loop
 PROGRESS_EVERY_S = 10.0
+FORCE_BAR_ENV = "SNNDQN_PROGRESS_BAR"  # "1": the tqdm bar even when stdout is not a terminal (tests, tee)
 HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long
 
 
+_BAR = None  # the progress bar on screen, if any: log lines are printed above it
+
+
 def log(msg: str) -> None:
-    """One line on stdout; a vanished reader (the launcher died, the terminal closed) must not stop the
-    final checkpoint, so write errors are ignored."""
+    """One line on stdout (above the progress bar when there is one); a vanished reader (the launcher
+    died, the terminal closed) must not stop the final checkpoint, so write errors are ignored."""
     try:
-        print(msg, flush=True)
+        if _BAR is not None:
+            _BAR.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
     except OSError:
         pass
 
@@ -57,7 +64,9 @@ class Bout:
                     device=t.device, obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
                     global_step=t.global_step, episode=t.episode, bout_seconds=round(self.seconds)))
         self._status(False, "training")
-        progress = Progress(cfg.total_steps, t.global_step)
+        log(f"run folder: {t.run_dir}  |  curves: tensorboard --logdir {t.run_dir / 'tensorboard'}  "
+            f"(and {t.run_dir / 'plots' / 'training.png'} at every checkpoint)")
+        progress = Progress(t, self.seconds, force_bar=os.environ.get(FORCE_BAR_ENV) == "1")
         sps_t0, sps_steps = time.monotonic(), t.global_step
         sps = 0.0
         reason = finished = None
@@ -114,40 +123,65 @@ class Bout:
 
 
 class Progress:
-    """A tqdm bar when stdout is a terminal, otherwise a key=value line every few seconds."""
+    """On a terminal a tqdm bar over the run's budget (total_steps, or else the bout's seconds) with an
+    ETA, every log line printed above it; elsewhere a `progress key=value` line every few seconds."""
 
-    def __init__(self, total_steps: int, start: int):
+    def __init__(self, t, seconds: float, force_bar: bool = False):
+        global _BAR
         self.bar = None
         self.last = time.monotonic()
-        if sys.stdout.isatty():
+        self.start = time.monotonic()
+        self.by_steps = t.cfg.total_steps > 0
+        self.shown = t.global_step if self.by_steps else 0
+        if force_bar or sys.stdout.isatty():
             try:
                 from tqdm import tqdm
-
-                self.bar = tqdm(total=total_steps or None, initial=start, unit="step", dynamic_ncols=True)
             except ImportError:
-                self.bar = None
-        self.shown = start
+                return
+            if self.by_steps:
+                self.bar = tqdm(total=t.cfg.total_steps, initial=t.global_step, unit="step", dynamic_ncols=True,
+                                file=sys.stdout)
+            else:  # no step budget: the bar is the bout's time
+                self.bar = tqdm(total=round(seconds), unit="s", dynamic_ncols=True, file=sys.stdout,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s "
+                                           "[{elapsed}<{remaining}{postfix}]")
+            _BAR = self.bar
 
     @staticmethod
     def _mean100(t) -> float:
         return float(np.mean(t.recent_returns)) if t.recent_returns else float("nan")
 
+    @staticmethod
+    def _loss(t) -> float | None:
+        return float(t.loss_sum) / t.loss_count if t.loss_count else None
+
     def update(self, t, sps: float, deadline: float) -> None:
         """Called every loop iteration: anything beyond a counter update happens only when shown."""
-        if self.bar is not None:
-            self.bar.update(t.global_step - self.shown)
-            self.shown = t.global_step
-            if t.global_step % 50 == 0:
-                self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
-                                     refresh=False)
-            return
         now = time.monotonic()
+        filling = t.global_step < t.cfg.learning_starts
+        if self.bar is not None:
+            n = t.global_step if self.by_steps else min(int(now - self.start), self.bar.total)
+            if n != self.shown:
+                self.bar.update(n - self.shown)
+                self.shown = n
+            if now - self.last >= 1.0:
+                self.last = now
+                self.bar.set_description("filling replay" if filling else "training", refresh=False)
+                post = {"step": t.global_step} if not self.by_steps else {}
+                self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
+                                     sps=f"{sps:.0f}", **post, refresh=False)
+            return
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            log(kv_line("progress", global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
-                          mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4), replay=len(t.replay),
-                          bout_left_s=round(max(0.0, deadline - now))))
+            loss = self._loss(t)
+            log(kv_line("progress", time=time.strftime("%H:%M:%S"), phase="filling_replay" if filling else "training",
+                        global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
+                        mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4),
+                        loss="-" if loss is None else round(loss, 5), replay=len(t.replay),
+                        bout_left_s=round(max(0.0, deadline - now))))
 
     def close(self) -> None:
+        global _BAR
         if self.bar is not None:
             self.bar.close()
+            _BAR = None

@@ -91,7 +91,7 @@ def _keys() -> list[Key]:
         K("obs_grayscale", True, "bool", "Convert image observations to grayscale.", shape=True),
         K("obs_crop", [0, 12, 0, 0], "int_list", "Pixels cut off the raw frame [top, bottom, left, right] before resizing "
           "(CarRacing's bottom 12 rows are the HUD).", length=4, shape=True),
-        K("lenient_termination", 0, "int", "End an episode after this many consecutive agent steps without reward progress; "
+        K("lenient_termination", 25, "int", "End an episode after this many consecutive agent steps without reward progress; "
           "0 = off.", low=0),
         K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree)."),
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),

@@ -117,6 +117,20 @@ def rolling_mean(values, window: int = 100):
 def plot_runs(runs: Mapping[str, str | os.PathLike], out_png: str | os.PathLike, win_threshold: float | None = None) -> Path:
     """One PNG of training curves for one or several runs: return and its 100-episode mean,
     evaluation return, ε, loss and win %. `runs` maps a label to a metrics.csv path."""
+    import matplotlib.pyplot as plt
+
+    fig = training_figure(runs, win_threshold)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def training_figure(runs: Mapping[str, str | os.PathLike], win_threshold: float | None = None):
+    """The matplotlib figure of `plot_runs`: four panels on one episode axis."""
     import math
 
     import matplotlib
@@ -124,7 +138,7 @@ def plot_runs(runs: Mapping[str, str | os.PathLike], out_png: str | os.PathLike,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one episode axis for every panel
     (ax_ret, ax_eps), (ax_loss, ax_win) = axes
     for label, path in runs.items():
         m = read_metrics(path)
@@ -150,12 +164,11 @@ def plot_runs(runs: Mapping[str, str | os.PathLike], out_png: str | os.PathLike,
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    ax_loss.set_yscale("log")
+        elif not ax.lines:
+            ax.text(0.5, 0.5, "no updates yet" if ax is ax_loss else "no episodes yet", transform=ax.transAxes,
+                    ha="center", va="center", color="gray")
+    if ax_loss.lines:
+        ax_loss.set_yscale("log")
+    ax_win.set_ylim(0, 100)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return fig

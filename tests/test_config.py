@@ -32,6 +32,13 @@ def test_example_matches_schema_key_for_key():
     load_config(REPO / "conf.json.example")  # and it is valid
 
 
+def test_one_set_of_defaults_the_example_is_the_schema():
+    """A partial --forceconfig trains exactly like a plain run except for the keys it names."""
+    example = json.loads((REPO / "conf.json.example").read_text())
+    assert example == load_config().to_dict()
+    assert load_config({"architecture": "ann"}).to_dict() == {**example, "architecture": "ann"}
+
+
 def test_readme_documents_every_config_and_env_key():
     readme = (REPO / "README.md").read_text()
     for key in config.SCHEMA:

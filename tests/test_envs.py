@@ -343,8 +343,9 @@ def test_lenient_termination_truncates_idle_episodes():
     assert env.idle == 0
 
 
-def test_lenient_termination_off_by_default():
-    env = envs.make_env(load_config())
+def test_lenient_termination_on_by_default_and_off_with_0():
+    assert isinstance(envs.make_env(load_config()), envs.LenientTermination)
+    env = envs.make_env(load_config({"lenient_termination": 0}))
     assert not isinstance(env, envs.LenientTermination)
 
 

@@ -79,6 +79,23 @@ def test_plot_of_training_curves(cartpole_run, tmp_path, capsys):
         assert im.size[0] > 600
 
 
+def test_plot_panels_share_the_episode_axis_and_say_when_empty(tmp_path):
+    import matplotlib.pyplot as plt
+
+    import metrics
+
+    csv_path = tmp_path / "metrics.csv"
+    rows = ["episode,global_step,return,length,epsilon,win,loss,sps,wall_time,eval_return"]
+    rows += [f"{e},{10 * e},{-5 + e},10,0.9,0,,1,0," for e in range(1, 31)]  # no update has run yet
+    csv_path.write_text("\n".join(rows) + "\n")
+    fig = metrics.training_figure({"run": csv_path}, 900)
+    ret, eps, loss, win = fig.axes
+    assert ret.get_xlim() == loss.get_xlim() == win.get_xlim() == eps.get_xlim()
+    assert win.get_ylim() == (0, 100)  # no wins: the axis still reads 0-100 %
+    assert [t.get_text() for t in loss.texts] == ["no updates yet"]
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--run", "/no/such/run"], "does not exist"),
     (["--checkpoint", "/no/such.pt"], "does not exist"),

@@ -1,5 +1,7 @@
 """train.py: determinism, exact resume, checkpoint fallback, signals, budgets, win rule, resume errors."""
 import csv
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -280,3 +282,29 @@ def test_evaluate_best_without_best_pt_is_one_line(tmp_path, capsys):
     assert evaluate.main(["--run", str(run_dir(cfg)), "--best"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no best.pt yet" in err[0]
+
+
+def test_progress_bar_with_budget_and_eta_and_lines_never_glued(tmp_path):
+    cfg = tiny(tmp_path, total_steps=300, checkpoint_every=3, learning_starts=100)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--new-run"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, bout.FORCE_BAR_ENV: "1", "COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stderr
+    segments = [seg for line in proc.stdout.split("\n") for seg in line.split("\r")]
+    assert any("filling replay" in seg for seg in segments) and any(seg.startswith("training") for seg in segments)
+    assert any("/300" in seg and "<" in seg for seg in segments)  # the budget and the ETA
+    for seg in segments:
+        for word in ("checkpoint path=", "eval ", "finished reason="):
+            if word in seg:
+                assert seg.startswith(word.split()[0]), f"glued to the bar: {seg!r}"
+    assert any(seg.startswith("run folder: ") and "tensorboard --logdir" in seg for seg in segments)
+
+
+def test_progress_lines_without_a_terminal_carry_time_and_loss(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bout, "PROGRESS_EVERY_S", 0.0)
+    cfg = tiny(tmp_path, total_steps=120, learning_starts=60)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("progress ")]
+    assert any("phase=filling_replay" in ln and "loss=-" in ln for ln in lines)
+    assert any("phase=training" in ln and re.search(r"loss=\d", ln) for ln in lines)
+    assert all(re.search(r"time=\d\d:\d\d:\d\d", ln) for ln in lines)
