@@ -2,6 +2,7 @@
 
     python evaluate.py --run runs/NAME [--run ...] [--checkpoint PATH ...] [--baseline random|pid ...]
                        [--episodes 50] [--seed 0] [--gif out.gif] [--plot curves.png] [--play]
+    python run.py evaluate.py [-- OPTIONS]    (no --run/--checkpoint/--baseline: the configured run)
 
 Every method plays the same seeds (seed, seed+1, ...), so agents are judged on the same tracks.
 Episodes are the environment's full episodes: lenient termination, a training aid, is switched off
@@ -28,6 +29,7 @@ import utils
 from config import ConfigError, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
+LAUNCHER_CONFIG_ENV = "SNNDQN_CONFIG"  # set by run.py for the scripts it starts: the resolved config's path
 
 
 @dataclass
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.episodes < 1:
             raise ConfigError("--episodes must be at least 1")
+        if not (args.run or args.checkpoint or args.baseline) and os.environ.get(LAUNCHER_CONFIG_ENV):
+            # started by `python run.py evaluate.py`: the configured run
+            args.run = [str(load_config(os.environ[LAUNCHER_CONFIG_ENV]).run_dir(ROOT))]
         if not (args.run or args.checkpoint or args.baseline):
             raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
         for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export)):

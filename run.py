@@ -30,6 +30,8 @@ REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
 BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # the child writes it into status.json: a status of an earlier bout never counts
 LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # the child stops when this process dies
+CONFIG_ENV = "SNNDQN_CONFIG"  # every script: the path of the resolved config JSON (train.py also gets --config)
+NEW_RUN_ENV = "SNNDQN_NEW_RUN"  # "1" when this bout starts the run anew
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
 TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub", "models", "carracing_fast", "envs",
@@ -329,8 +331,11 @@ class Supervisor:
     """Runs the training script in bouts until the run is finished or the time is up."""
 
     def __init__(self, cmd_base: list[str], config_path: Path, run_dir: Path, cfg, env: dict[str, str],
-                 write_config, read_status, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float):
+                 write_config, read_status, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float,
+                 script_args: list[str] | None = None):
         self.cmd_base = cmd_base
+        self.is_train = Path(cmd_base[-1]).name == "train.py"
+        self.script_args = list(script_args or [])
         self.config_path = config_path
         self.run_dir = run_dir
         self.cfg = cfg
@@ -394,15 +399,18 @@ class Supervisor:
                     return 0
                 bout += 1
                 budget = min(self.cfg.max_run_time, left)
-                cmd = [*self.cmd_base, "--config", str(self.config_path)]
                 # the first bout starts anew when asked to; every later bout continues the run
                 new_run = bout == 1 and not self.cfg.continue_run
                 self.write_config(continue_run=not new_run)
-                if new_run:
-                    cmd.append("--new-run")
+                if self.is_train:
+                    cmd = [*self.cmd_base, "--config", str(self.config_path), *(["--new-run"] if new_run else [])]
+                else:  # another script gets the config through the environment and its own arguments
+                    cmd = [*self.cmd_base, *self.script_args]
                 bout_id = f"{os.getpid()}-{bout}-{time.time():.0f}"
                 env = dict(self.env, PYTHONUNBUFFERED="1", **{BOUT_SECONDS_ENV: f"{budget:.3f}", BOUT_ID_ENV: bout_id,
-                                                              LAUNCHER_PID_ENV: str(os.getpid())})
+                                                              LAUNCHER_PID_ENV: str(os.getpid()),
+                                                              CONFIG_ENV: str(self.config_path),
+                                                              NEW_RUN_ENV: "1" if new_run else "0"})
                 say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
                     f"({left:.0f} s of train_max_time left)")
                 t0 = time.monotonic()
@@ -422,7 +430,7 @@ class Supervisor:
                     return 0
                 if rc == 0:
                     quick_crashes = 0
-                    if not this_bout and Path(self.cmd_base[-1]).name != "train.py":
+                    if not this_bout and not self.is_train:
                         say(f"{Path(self.cmd_base[-1]).name} exited 0 without a status.json; done")
                         return 0
                     continue
@@ -459,11 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "the run is finished. A killed machine picks the run up on the next start.",
         epilog="Examples:\n  python run.py                      train with conf.json (copied from conf.json.example if missing)\n"
                "  python run.py --forcenewrun        start the run from scratch\n"
-               "  python run.py --forceconfig --config '{\"architecture\": \"ann\"}'\n"
-               "  python run.py evaluate.py          run another script in bouts instead of train.py",
+               "  python run.py --forceconfig --config '{\"architecture\": \"ann\"}'   the defaults but an ANN\n"
+               "  python run.py evaluate.py          evaluate the configured run's newest checkpoint\n"
+               "  python run.py evaluate.py -- --best --episodes 10   arguments after -- go to the script\n\n"
+               "train.py gets --config PATH [--new-run]; any other script gets the resolved config's path in\n"
+               "the environment variable SNNDQN_CONFIG (SNNDQN_NEW_RUN=1 when the run starts anew) and the\n"
+               "arguments after --; a script that exits 0 without writing this bout's status.json is done.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", nargs="?", default="train.py",
-                   help="script to run instead of train.py (called with --config PATH [--new-run])")
+                   help="script to run instead of train.py (arguments for it after --; see below)")
     p.add_argument("--forcenewrun", action="store_true",
                    help="make the first bout start a new run whatever continue_run says")
     p.add_argument("--forceconfig", action="store_true", help="ignore conf.json and use --config instead")
@@ -482,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    script_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
     parser = build_parser()
 
     def parse_error(message: str):
@@ -489,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.error = parse_error  # type: ignore[method-assign]
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(own)
         if args.forceconfig != (args.config is not None):
             raise BadInput("--forceconfig and --config go together: use --forceconfig --config '<json>'")
         if args.max_crashes < 1 or args.restart_delay < 0 or args.kill_grace < 0 or args.quick_crash < 0:
@@ -518,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             script = (Path.cwd() / script) if (Path.cwd() / script).exists() else ROOT / script
         if not script.is_file():
             raise BadInput(f"script {args.script} does not exist")
+        if script_args and script.name == "train.py":
+            raise BadInput("arguments after -- are for scripts other than train.py; train.py takes the config only")
 
         try:
             ensure_requirements(interpreter, ROOT / "requirements.txt")
@@ -543,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         child_env.pop(REEXEC_GUARD, None)
         sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
                          write_config=write_config, read_status=read_status, restart_delay=args.restart_delay,
-                         max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash)
+                         max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash,
+                         script_args=script_args)
         return sup.run()
     except BadInput as e:
         print(f"run.py: error: {e}", file=sys.stderr)

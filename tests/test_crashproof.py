@@ -243,3 +243,28 @@ def test_an_env_id_that_does_not_import_is_one_line_and_no_restart_loop(tmp_path
     assert "Traceback" not in out.stderr and out.stdout.count("bout ") == 1  # no restart
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("train.py: error:")]
     assert len(lines) == 1 and "'nosuchmodule:Foo-v0' cannot be made by Gymnasium" in lines[0]
+
+
+# --------------------------------------------------------------------------- run.py's --help examples
+def launch_here(*args, timeout=180):
+    return subprocess.run([sys.executable, "run.py", "--no-sync", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_every_help_example_of_other_scripts_works(tmp_path):
+    """`python run.py evaluate.py` evaluates the configured run; arguments after -- reach the script;
+    train.py refuses them."""
+    cfg = json.loads(tiny(tmp_path, total_steps=200, name="helpex", eval_every=5, eval_episodes=1).read_text())
+    forced = ["--forceconfig", "--config", json.dumps(cfg)]
+    first = launch_here(*forced)
+    assert first.returncode == 0, first.stderr
+    out = launch_here(*forced, "evaluate.py", "--", "--episodes", "2")
+    assert out.returncode == 0, out.stderr
+    assert "ANN-DDQN (helpex)" in out.stdout and "done" in out.stdout  # one bout, then done
+    assert (Path(cfg["runs_dir"]) / "helpex" / "evaluation.md").exists()
+    best = launch_here(*forced, "evaluate.py", "--", "--best", "--episodes", "2")
+    assert best.returncode == 0 and "ANN-DDQN (helpex, best)" in best.stdout, best.stderr
+    bad = launch_here(*forced, "--", "--episodes", "2")
+    assert bad.returncode == 2 and "arguments after -- are for scripts other than train.py" in bad.stderr
+    helptext = launch_here("--help").stdout
+    assert "python run.py evaluate.py -- --best --episodes 10" in helptext and "SNNDQN_CONFIG" in helptext
