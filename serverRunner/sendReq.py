@@ -42,6 +42,7 @@ def load_entry(args) -> tuple[str, dict]:
         missing = [FROM_ENV[k] for k in REQUIRED if not entry[k].strip()]
         if missing:
             raise BadInput(f"--from-env: environment variable {missing[0]} is missing or empty")
+        check_placeholders(f"entry {name!r}", entry)
         return name, entry
     path = Path(args.studios)
     try:
@@ -62,7 +63,16 @@ def load_entry(args) -> tuple[str, dict]:
             raise BadInput(f"{path}: entry {args.entry!r} lacks field {field!r} (a non-empty string)")
     if "machine" in entry and (not isinstance(entry["machine"], str) or not entry["machine"].strip()):
         raise BadInput(f"{path}: entry {args.entry!r} field 'machine' must be a non-empty string when given")
+    check_placeholders(f"{path}: entry {args.entry!r}", entry)
     return args.entry, entry
+
+
+def check_placeholders(where: str, entry: dict) -> None:
+    """Values left as studios.json.example's placeholders ("your-...") are bad input, not a failed login."""
+    for field in REQUIRED:
+        value = str(entry.get(field, "")).strip()
+        if value.lower().startswith("your-") or (value.startswith("<") and value.endswith(">")):
+            raise BadInput(f"{where} field {field!r} is still the placeholder {value!r}; fill in your own value")
 
 
 def detached(command: str, log: str = LOG_PATH) -> str:
@@ -82,6 +92,12 @@ def start_and_run(entry: dict) -> str:
         from lightning_sdk.status import Status
     except ImportError:
         raise Failed("lightning-sdk is not installed: pip install lightning-sdk") from None
+    import logging
+
+    # the SDK sets urllib3's logger to WARNING with its own handler on import: one line per failure, not a
+    # "Retrying" line per try
+    for name in ("urllib3", "urllib3.connectionpool", "urllib3.util.retry"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from lightning_sdk.exceptions import OutOfCapacityError
     except ImportError:  # older SDKs
@@ -109,15 +125,29 @@ def start_and_run(entry: dict) -> str:
     except ValueError as e:  # "Studio 'x' does not exist." / teamspace not resolvable
         raise Failed(f"studio {where}: not found ({_first_line(e)}); check user, teamspaceName and studioName") from None
     except Exception as e:  # network and server errors
+        if _unreachable(e):
+            server = os.environ.get("LIGHTNING_CLOUD_URL", "https://lightning.ai")
+            raise Failed(f"studio {where}: {server} could not be reached (no network, or the server is down); "
+                         "try again later") from None
         raise Failed(f"studio {where}: request failed ({type(e).__name__}: {_first_line(e)})") from None
     if code != 0:
         raise Failed(f"studio {where}: the command was refused (exit {code}): {_first_line(output)}")
     return f"studio {where}{started}: command accepted, running detached; output in {LOG_PATH} there"
 
 
-def _first_line(x) -> str:
+def _unreachable(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return any(k in text for k in ("failed to reach the server", "Max retries exceeded", "NewConnectionError",
+                                   "ConnectionRefused", "Name or service not known", "timed out"))
+
+
+def _first_line(x, limit: int = 300) -> str:
+    """The first line of a message, shortened at a word boundary (never mid-word)."""
     lines = str(x).strip().splitlines()
-    return lines[0][:200] if lines else ""
+    line = lines[0] if lines else ""
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,12 @@ function loadStudios(file) {
         throw new BadInput(`${file}: entry "${name}" lacks field "${field}" (a non-empty string)`);
       }
     }
+    for (const field of REQUIRED) {
+      const value = entry[field].trim();
+      if (/^your-/i.test(value) || /^<.*>$/.test(value)) {
+        throw new BadInput(`${file}: entry "${name}" field "${field}" is still the placeholder "${value}"; fill in your own value`);
+      }
+    }
     if (entry.machine !== undefined && (typeof entry.machine !== 'string' || entry.machine.trim() === '')) {
       throw new BadInput(`${file}: entry "${name}" field "machine" must be a non-empty string when given`);
     }

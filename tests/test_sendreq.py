@@ -30,6 +30,8 @@ def call(args, env=None):
     (json.dumps({"studio_1": ENTRY}), "studio_9", "has no entry 'studio_9'"),
     (json.dumps({"studio_1": {**ENTRY, "apiKey": ""}}), "studio_1", "entry 'studio_1' lacks field 'apiKey'"),
     (json.dumps({"studio_1": {**ENTRY, "machine": 3}}), "studio_1", "field 'machine'"),
+    (json.dumps({"studio_1": {**ENTRY, "apiKey": "your-lightning-api-key"}}), "studio_1",
+     "field 'apiKey' is still the placeholder 'your-lightning-api-key'"),
 ])
 def test_bad_input_exit_2(tmp_path, content, entry, message):
     path = tmp_path / "studios.json"
@@ -40,6 +42,18 @@ def test_bad_input_exit_2(tmp_path, content, entry, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert "SECRET" not in r.stdout + r.stderr
+
+
+def test_no_network_is_one_whole_line_without_retry_noise(tmp_path):
+    env = {"LIGHTNING_CLOUD_URL": "http://127.0.0.1:9", "STUDIO_USER": "alice", "STUDIO_API_KEY": ENTRY["apiKey"],
+           "STUDIO_USER_ID": ENTRY["userID"], "STUDIO_TEAMSPACE": "ts", "STUDIO_NAME": "s1",
+           "STUDIO_COMMAND": "python run.py", "HOME": str(tmp_path)}
+    r = call(["--from-env"], env)
+    assert r.returncode == 1
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0] == ("sendReq.py: studio ts/s1: http://127.0.0.1:9 could not be reached (no network, or the "
+                        "server is down); try again later")
 
 
 def test_from_env_needs_every_variable():

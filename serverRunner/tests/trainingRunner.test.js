@@ -112,6 +112,13 @@ test('bad studios.json: one line naming the entry and field, exit 2', () => {
     [`{"studio_1": ${JSON.stringify(studio(1))}, "studio_1": ${JSON.stringify(studio(2))}}`,
       /entry "studio_1" appears twice/],
   ];
+  const example = fs.readFileSync(path.join(__dirname, '..', '..', 'studios.json.example'), 'utf8');
+  for (const args of [['--rounds', '1'], ['--dry-run']]) {  // the example as it is: placeholders, dry-run too
+    const ctx = setup(example);
+    const r = run(ctx, args);
+    assert.strictEqual(r.status, 2, r.stderr);
+    assert.match(r.stderr.trim(), /^.*entry "studio_1" field "user" is still the placeholder "your-lightning-username"; fill in your own value$/);
+  }
   for (const [text, message] of cases) {
     const ctx = setup(text);
     const r = run(ctx, ['--rounds', '1']);
