@@ -239,6 +239,25 @@ def missing_requirements(interpreter: str, requirements: Path) -> list[str]:
     return json.loads(proc.stdout)
 
 
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def has_cuda() -> bool:
+    """An NVIDIA driver on this machine (then pip's default torch, a CUDA build, is the right one)."""
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+
+
+def install_commands(interpreter: str, requirements: Path, missing: list[str], cuda: bool) -> list[list[str]]:
+    """The pip commands that install what is missing. Without CUDA, torch comes alone from PyTorch's CPU
+    index first, so pip never downloads the multi-GB CUDA build; an installed torch is never replaced."""
+    pip = [interpreter, "-m", "pip", "install", "--disable-pip-version-check"]
+    torch_line = next((m for m in missing if re.split(r"[\s\[<>=!~;@]", m, maxsplit=1)[0].lower() == "torch"), None)
+    commands = []
+    if torch_line and not cuda:
+        commands.append([*pip, torch_line, "--index-url", TORCH_CPU_INDEX])
+    return commands + [[*pip, "-r", str(requirements)]]
+
+
 def ensure_requirements(interpreter: str, requirements: Path) -> None:
     if not requirements.is_file():
         return
@@ -247,10 +266,12 @@ def ensure_requirements(interpreter: str, requirements: Path) -> None:
         return
     say(f"installing requirements ({len(missing)} missing: {', '.join(m.split('@')[0].strip() for m in missing)}) "
         f"with {interpreter} -m pip")
-    proc = subprocess.run([interpreter, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)],
-                          cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pip install -r {requirements.name} failed (exit {proc.returncode}); see pip's output above")
+    for cmd in install_commands(interpreter, requirements, missing, has_cuda()):
+        if TORCH_CPU_INDEX in cmd:
+            say("no CUDA on this machine: installing the CPU build of torch from " + TORCH_CPU_INDEX)
+        proc = subprocess.run(cmd, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {proc.returncode}); see pip's output above")
 
 
 def training_interpreter(env: dict[str, str]) -> str:

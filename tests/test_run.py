@@ -467,6 +467,19 @@ def test_dependency_check_finds_nothing_missing_in_this_environment():
     assert run.missing_requirements(sys.executable, REPO / "requirements.txt") == []
 
 
+def test_torch_comes_from_the_cpu_index_on_a_machine_without_cuda(tmp_path):
+    sys.path.insert(0, str(REPO))
+    import run
+
+    req = tmp_path / "requirements.txt"
+    cpu = run.install_commands("py", req, ["torch>=2.1", "tqdm>=4.60"], cuda=False)
+    assert cpu == [["py", "-m", "pip", "install", "--disable-pip-version-check", "torch>=2.1", "--index-url",
+                    run.TORCH_CPU_INDEX], ["py", "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)]]
+    # with CUDA pip's default (CUDA) torch is right; with torch installed it is never touched
+    assert run.install_commands("py", req, ["torch>=2.1"], cuda=True) == [cpu[1]]
+    assert run.install_commands("py", req, ["tqdm>=4.60"], cuda=False) == [cpu[1]]
+
+
 def test_env_parser_matches_dotenv_rules():
     import config
 
