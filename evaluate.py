@@ -25,6 +25,7 @@ import numpy as np
 import checkpoints
 import envs
 import metrics
+import publish
 import utils
 from config import ConfigError, load_config, one_line_cli_errors
 
@@ -38,6 +39,7 @@ class Agent:
     cfg: object  # config.Config: the environment pipeline the agent was trained with
     policy: object  # policy(env) -> act(obs) -> action, made anew for every episode (controllers keep state)
     run_dir: Path | None = None
+    source: Path | None = None  # the checkpoint or weights file it was loaded from
 
 
 # --------------------------------------------------------------------------- agents
@@ -47,7 +49,12 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
 
     import models
 
-    ckpt = checkpoints.read_for_user(path)
+    spec = str(path)
+    if spec.startswith(publish.HF_PREFIX):
+        path = publish.download_agent(spec)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a downloaded file never runs pickled code
+    else:
+        ckpt = checkpoints.read_for_user(path)
     cfg = load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
     dev = models.resolve_device(cfg.device)
     net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
@@ -66,8 +73,10 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     if path.name == checkpoints.BEST_NAME:
         run_dir = path.parent
     what = f"{run_dir.name}{', best' if path.name == checkpoints.BEST_NAME else ''}" if run_dir else path.stem
+    if spec.startswith(publish.HF_PREFIX):
+        what = spec[len(publish.HF_PREFIX):]
     name = label or f"{cfg.architecture.upper()}-DDQN ({what})"
-    return Agent(name, cfg, lambda env: act, run_dir)
+    return Agent(name, cfg, lambda env: act, run_dir, path)
 
 
 def run_checkpoint(run_dir: Path, best: bool) -> Path:
@@ -214,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--export", metavar="PATH", help="write the first agent's network weights and config (no replay, "
                    "no optimiser) to PATH, for pretrained/")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", help="evaluate the first agent, then upload a model "
+                   "card, its weights (loadable with weights_only=True) and a GIF to this Hub repo (token: "
+                   "huggingface_write in .env); load it back with --checkpoint hf://OWNER/NAME")
     p.add_argument("--no-table", action="store_true", help="only --gif/--plot/--play/--export, no evaluation episodes")
     return p
 
@@ -241,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"run folder {run_dir} does not exist")
             run_dirs.append(run_dir)
             agents.append(load_agent(run_checkpoint(run_dir, args.best), args.device))
-        for ckpt in args.checkpoint:
-            agents.append(load_agent(Path(ckpt), args.device))
+        for ckpt in args.checkpoint:  # a path, or hf://owner/name (kept a string: Path would fold the //)
+            agents.append(load_agent(ckpt if ckpt.startswith(publish.HF_PREFIX) else Path(ckpt), args.device))
         env_id = args.env_id or (agents[0].cfg.env_id if agents else "CarRacing-v3")
         for agent in agents:
             if agent.cfg.env_id != env_id and not (envs.is_carracing(agent.cfg.env_id) and envs.is_carracing(env_id)):
@@ -264,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--plot needs at least one --run folder (it plots their metrics.csv)")
             runs = {d.name: d / "metrics.csv" for d in run_dirs if (d / "metrics.csv").exists()}
             print(f"plot: {metrics.plot_runs(runs, args.plot, agents[0].cfg.win_threshold)}")
+        if args.push_to_hub:
+            publish.check_repo_id(args.push_to_hub, "--push-to-hub")
+            if not agents or agents[0].source is None or args.no_table:
+                raise ConfigError("--push-to-hub needs one --checkpoint or --run to evaluate (and no --no-table)")
+            if not args.gif:
+                args.gif = str(publish.temporary_gif())
         if args.gif:
             first = agents[0]
             ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), first.policy, args.gif,
@@ -285,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                                                 (agents[0].run_dir or ROOT / "runs" / "evaluation"))
         md, csv_path = write_table(rows, out)
         print(f"written: {md} {csv_path}")
+        if args.push_to_hub:
+            row = rows[0]
+            weights = checkpoints.weights_only(checkpoints.read_for_user(agents[0].source), evaluation={
+                "mean": row["average"], "std": row["std"], "episodes": args.episodes, "seeds": f"{args.seed}+"})
+            url = publish.push(args.push_to_hub, weights, row, args.episodes, args.seed, Path(args.gif))
+            print(f"pushed: {url} (README.md model card, {publish.WEIGHTS_NAME}, {publish.GIF_NAME})")
         return 0
     except ConfigError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Started by the tests and reached through HF_ENDPOINT, so the real client code runs: create repo,
 preupload (every file "regular": contents travel base64 inside the commit), NDJSON commit with
-additions and deletions, tree listing, repo info, HEAD/GET resolve. Errors carry `X-Error-Code`
+additions and deletions, tree listing, repo info, HEAD/GET resolve, README metadata validation. Errors carry `X-Error-Code`
 like the real Hub. `down = True` answers 503 to everything (an outage).
 """
 from __future__ import annotations
@@ -121,6 +121,11 @@ class HubStandIn:
                     if not self._auth(write=False):
                         return
                     return self._send(200, {"name": "tester", "type": "user"})
+                if parts[:2] == ["api", "validate-yaml"] and method == "POST":  # a README's metadata block
+                    content = json.loads(body or b"{}").get("content", "")
+                    if not content.startswith("---\n") or "\n---" not in content[4:]:
+                        return self._error(400, None, "no YAML metadata block")
+                    return self._send(200, {"errors": [], "warnings": []})
                 if parts[:3] == ["api", "repos", "create"] and method == "POST":
                     if not self._auth(write=True):
                         return

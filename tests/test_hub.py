@@ -220,3 +220,39 @@ def test_a_damaged_local_checkpoint_heals_from_the_hub_and_is_never_uploaded(ser
         if "/checkpoints/ckpt_" in rel:
             assert checkpoints.read(io.BytesIO(blob))["counters"]["global_step"] >= step
     assert good
+
+
+def test_push_an_agent_to_the_hub_and_load_it_back(server, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    import torch
+
+    import evaluate
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    cfg = config(tmp_path, total_steps=200, upload_to_cloud=False)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = str(max((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt")))
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", ckpt, "--episodes", "3", "--push-to-hub", "tester/cartpole-agent",
+                          "--out", str(tmp_path / "table")]) == 0
+    out = capsys.readouterr().out
+    assert "pushed:" in out
+    files = server.repos["tester/cartpole-agent"].files
+    assert set(files) == {"README.md", "agent.pt", "replay.gif"}
+    card = files["README.md"].decode()
+    mean = float(next(ln for ln in out.splitlines() if ln.startswith("| ANN-DDQN")).split("|")[2])
+    assert "model-index" in card and "mean_reward" in card and "CartPole-v1" in card and f"{mean:.2f} +/-" in card
+    assert "hf://tester/cartpole-agent" in card and "weights_only=True" in card
+    weights = torch.load(io.BytesIO(files["agent.pt"]), weights_only=True)  # no pickled code needed
+    assert weights["evaluation"]["episodes"] == 3 and "replay" not in weights and "optimizer" not in weights
+    assert files["replay.gif"][:6] in (b"GIF87a", b"GIF89a")
+    assert_no_secrets(server, out, card)
+    for blob in [*server.bodies, *files.values()]:
+        assert WRITE.encode() not in blob and READ.encode() not in blob
+    # and back: evaluate, GIF and play from hf://
+    assert evaluate.main(["--checkpoint", "hf://tester/cartpole-agent", "--episodes", "3",
+                          "--out", str(tmp_path / "again")]) == 0
+    again = capsys.readouterr().out
+    assert f"| ANN-DDQN (tester/cartpole-agent) | {mean:.2f} |" in again  # same seeds, same weights, same mean
+    assert evaluate.main(["--checkpoint", "hf://tester/missing-agent", "--episodes", "1"]) == 2
+    assert "cannot download agent.pt from tester/missing-agent" in capsys.readouterr().err

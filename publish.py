@@ -1,0 +1,139 @@
+"""Publish an agent to the Hugging Face Hub, and load one back, as SB3's zoo users do.
+
+`evaluate.py --checkpoint X --episodes 10 --push-to-hub owner/name` evaluates the agent, writes a model
+card (`README.md` with the Hub's `model-index` metadata), the weights file and a GIF, and uploads them
+with `huggingface_hub`. `evaluate.py --checkpoint hf://owner/name` downloads such an agent. The
+weights file (`agent.pt`) holds only tensors, numbers, strings, lists and dicts: it loads with
+`torch.load(weights_only=True)`, which never runs pickled code. Tokens come from `.env`
+(`huggingface_write` to push, `huggingface_read` to download; a public repo needs none) and never
+reach the card, a file or a log line.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from config import ConfigError
+
+WEIGHTS_NAME = "agent.pt"
+GIF_NAME = "replay.gif"
+HF_PREFIX = "hf://"
+REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def check_repo_id(repo_id: str, option: str) -> str:
+    if not REPO_RE.fullmatch(repo_id) or ".." in repo_id:
+        raise ConfigError(f"{option} needs a Hub repo id like owner/name, got {repo_id!r}")
+    return repo_id
+
+
+def _tokens() -> dict[str, str]:
+    import hub
+
+    return hub.hub_environment()
+
+
+def _describe(e: Exception) -> str:
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        return "the token was refused; check huggingface_write/huggingface_read in .env"
+    if status == 404:
+        return "no such repo or file (or it is private and the token cannot read it)"
+    return f"{type(e).__name__}" + (f", HTTP {status}" if status else "")
+
+
+def download_agent(spec: str) -> Path:
+    """`hf://owner/name` -> the local path of its weights file (downloaded to the Hub cache)."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id = check_repo_id(spec[len(HF_PREFIX):], "--checkpoint hf://")
+    try:
+        return Path(hf_hub_download(repo_id, WEIGHTS_NAME, token=_tokens().get("huggingface_read") or None))
+    except Exception as e:
+        raise ConfigError(f"cannot download {WEIGHTS_NAME} from {repo_id} ({_describe(e)})") from None
+
+
+def model_card(repo_id: str, weights: dict, row: dict, episodes: int, seed: int) -> str:
+    """README.md of the Hub repo: model-index metadata (env, mean ± std reward, episodes) and how to load it."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    cfg = weights["config"]
+    arch = "SNN" if cfg["architecture"] == "snn" else "ANN"
+    detail = (f"spiking ({cfg['snn_mode']}, snn_tSteps = {cfg['snn_tSteps']}, snn_beta = {cfg['snn_beta']})"
+              if arch == "SNN" else "ReLU")
+    frames = (weights.get("trained") or {}).get("global_step")
+    frames_text = f"{frames * cfg['frame_skip']:,} frames ({frames:,} agent steps)" if frames else "unknown"
+    name = f"{arch}-DDQN-{cfg['env_id']}"
+    data = ModelCardData(
+        library_name="snn-ddqn", tags=["reinforcement-learning", "deep-q-learning", "double-dqn", cfg["env_id"],
+                                       "spiking-neural-network" if arch == "SNN" else "ann"],
+        model_name=name,
+        eval_results=[EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning",
+                                 dataset_type=cfg["env_id"], dataset_name=cfg["env_id"], metric_type="mean_reward",
+                                 metric_name="mean_reward", metric_value=f"{row['average']:.2f} +/- {row['std']:.2f}")])
+    body = f"""
+# {name}
+
+A Double-DQN agent for **{cfg['env_id']}** (discrete actions) whose Q-network is {detail}, trained with
+[snn-ddqn](https://github.com/) (`python run.py`).
+
+## Evaluation
+
+{episodes} full greedy episodes on seeds {seed}–{seed + episodes - 1}: mean **{row['average']:.2f} ± {row['std']:.2f}**
+(min {row['min']:.2f}, max {row['max']:.2f}, win rate {row['win_rate']:.0%} at ≥ {cfg['win_threshold']:g}).
+Trained for {frames_text}. ![replay]({GIF_NAME})
+
+## Use it
+
+```bash
+python evaluate.py --checkpoint hf://{repo_id} --episodes 10      # or --gif drive.gif / --play
+```
+
+or in Python, without running any pickled code:
+
+```python
+import torch, models
+from config import load_config
+w = torch.load("{WEIGHTS_NAME}", weights_only=True)
+net = models.build_q_network(load_config(w["config"]), w["obs_shape"], w["n_actions"])
+net.load_state_dict(w["q_network"])
+```
+
+## Training config
+
+| key | value |
+| --- | --- |
+""" + "".join(f"| `{k}` | `{v}` |\n" for k, v in cfg.items() if k not in ("runs_dir", "device"))
+    return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: Path | None) -> str:
+    """Upload card, weights and GIF to `repo_id` (created when missing). Returns the repo's URL."""
+    import io
+
+    import torch
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    token = _tokens().get("huggingface_write")
+    if not token:
+        raise ConfigError("--push-to-hub needs huggingface_write in .env (a token with write access)")
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    ops = [CommitOperationAdd(path_in_repo="README.md",
+                              path_or_fileobj=model_card(repo_id, weights, row, episodes, seed).encode()),
+           CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=buf.getvalue())]
+    if gif is not None and gif.exists():
+        ops.append(CommitOperationAdd(path_in_repo=GIF_NAME, path_or_fileobj=str(gif)))
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, token=token, exist_ok=True)
+        api.create_commit(repo_id, operations=ops, token=token,
+                          commit_message=f"{row['method']}: {row['average']:.2f} +/- {row['std']:.2f}")
+    except Exception as e:
+        raise ConfigError(f"cannot push to {repo_id} ({_describe(e)})") from None
+    return str(url)
+
+
+def temporary_gif() -> Path:
+    return Path(tempfile.mkdtemp(prefix="snndqn-publish-")) / GIF_NAME
