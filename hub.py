@@ -38,11 +38,17 @@ def hub_environment(environ=None, dotenv_path: Path | None = None) -> dict[str, 
     return values
 
 
+def client():
+    """An HfApi for the endpoint of this moment (HF_ENDPOINT is read now, not at import: tests move it)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
 class HubMirror:
     def __init__(self, env: dict[str, str], run_name: str, run_dir: Path, keep_checkpoints: int = 3,
                  local_backup: bool = True, log: Callable[[str], None] = print, retry_base: float = 2.0,
                  max_retry_wait: float = 60.0):
-        from huggingface_hub import HfApi
 
         self.repo_id = env["repo_ID"]
         self.prefix = f"{env['session_name']}/{run_name}"
@@ -54,7 +60,7 @@ class HubMirror:
         self._log = log
         self.retry_base = retry_base
         self.max_retry_wait = max_retry_wait
-        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)  # read now: tests point it elsewhere
+        self.api = client()
         self.uploads_enabled = bool(self.write_token)
         self._pushed: dict[str, tuple[int, int]] = {}  # rel path -> (size, mtime_ns) last sent
         self._remote_ckpts: set[str] | None = None

@@ -34,6 +34,12 @@ def _tokens() -> dict[str, str]:
     return hub.hub_environment()
 
 
+def _client():
+    import hub
+
+    return hub.client()
+
+
 def _describe(e: Exception) -> str:
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status in (401, 403):
@@ -45,11 +51,9 @@ def _describe(e: Exception) -> str:
 
 def download_agent(spec: str) -> Path:
     """`hf://owner/name` -> the local path of its weights file (downloaded to the Hub cache)."""
-    from huggingface_hub import hf_hub_download
-
     repo_id = check_repo_id(spec[len(HF_PREFIX):], "--checkpoint hf://")
     try:
-        return Path(hf_hub_download(repo_id, WEIGHTS_NAME, token=_tokens().get("huggingface_read") or None))
+        return Path(_client().hf_hub_download(repo_id, WEIGHTS_NAME, token=_tokens().get("huggingface_read") or None))
     except Exception as e:
         raise ConfigError(f"cannot download {WEIGHTS_NAME} from {repo_id} ({_describe(e)})") from None
 
@@ -113,7 +117,7 @@ def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: 
     import io
 
     import torch
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd
 
     token = _tokens().get("huggingface_write")
     if not token:
@@ -125,7 +129,7 @@ def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: 
            CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=buf.getvalue())]
     if gif is not None and gif.exists():
         ops.append(CommitOperationAdd(path_in_repo=GIF_NAME, path_or_fileobj=str(gif)))
-    api = HfApi()
+    api = _client()
     try:
         url = api.create_repo(repo_id, token=token, exist_ok=True)
         api.create_commit(repo_id, operations=ops, token=token,
