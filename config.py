@@ -108,6 +108,13 @@ def _keys() -> list[Key]:
           choices=("mean", "last", "max")),
         K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
+        K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
+          "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
+          pattern=r"[A-Za-z0-9._-]{0,128}"),
+        K("wandb_entity", "", "str", "W&B entity (user or team) of the project; empty = your default entity.",
+          pattern=r"[A-Za-z0-9._-]{0,128}"),
+        K("wandb_mode", "online", "str", "`online`, `offline` (written under the run folder, `wandb sync` later) or "
+          "`disabled`.", choices=("online", "offline", "disabled")),
         K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file or a checkpoint "
           "(its online network is copied into both networks; the shape keys must match). Empty = random "
           "initialisation. A resumed run keeps its own weights."),

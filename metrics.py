@@ -22,7 +22,7 @@ METRIC_FIELDS = ["episode", "global_step", "return", "length", "epsilon", "win",
 class MetricsLog:
     """`metrics.csv` (one row per episode, appended and flushed) plus optional TensorBoard scalars."""
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, cfg=None):
         self.path = Path(run_dir) / "metrics.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = None
@@ -33,6 +33,7 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except Exception:  # tensorboard not installed: CSV only
                 self.writer = None
+        self.wandb = start_wandb(cfg, Path(run_dir)) if cfg is not None and cfg.wandb_project else None
 
     def truncate_to(self, episodes: int, archive_dir: Path) -> dict | None:
         """Cut the rows past `episodes` (written after the checkpoint being resumed). They are never
@@ -65,6 +66,8 @@ class MetricsLog:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:  # the same scalars as TensorBoard, against the agent step
+            self.wandb.log({tag: value, "global_step": step})
 
     def episode_scalars(self, step: int, ret: float, length: int, epsilon: float, win_rate: float, sps: float,
                         loss: float | None, eval_return: float | None) -> None:
@@ -86,6 +89,33 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def require_wandb():
+    """The wandb module, or a one-line ConfigError saying how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        from config import ConfigError
+
+        raise ConfigError("wandb_project is set but wandb is not installed: pip install wandb (or set "
+                          "wandb_project to \"\" to log to TensorBoard only)") from None
+    return wandb
+
+
+def start_wandb(cfg, run_dir: Path):
+    """A Weights & Biases run mirroring the TensorBoard scalars (wandb_project set). One W&B run per
+    toolkit run: its id is the run name, so every bout resumes the same W&B run. The API key is
+    wandb's own business (WANDB_API_KEY or `wandb login`); it is never read or printed here."""
+    wandb = require_wandb()
+    run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None, mode=cfg.wandb_mode,
+                     name=cfg.run_name, id=cfg.run_name, resume="allow", dir=str(run_dir),
+                     config={k: v for k, v in cfg.to_dict().items() if not k.startswith("wandb_")})
+    run.define_metric("*", step_metric="global_step")
+    return run
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:

@@ -52,6 +52,8 @@ class Trainer:
         # bad input fails before anything of the run is touched
         init = checkpoints.read_init_weights(cfg, ROOT) if cfg.init_weights else None
         check_upload_settings(cfg, hub.hub_environment())
+        if cfg.wandb_project:
+            metrics.require_wandb()
 
         self.vec = envs.make_vector_env(cfg)
         self.n_actions = int(self.vec.single_action_space.n)
@@ -88,7 +90,7 @@ class Trainer:
         found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
         if found is None and not new_run:  # nothing to continue from: keep what is there, never wipe it
             archive_previous_run(run_dir, why="no checkpoint of the run could be loaded")
-        self.metrics = metrics.MetricsLog(run_dir)
+        self.metrics = metrics.MetricsLog(run_dir, cfg=cfg)
         if found is not None:
             self._resume(*found)
         else:

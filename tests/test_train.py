@@ -308,3 +308,29 @@ def test_progress_lines_without_a_terminal_carry_time_and_loss(tmp_path, monkeyp
     assert any("phase=filling_replay" in ln and "loss=-" in ln for ln in lines)
     assert any("phase=training" in ln and re.search(r"loss=\d", ln) for ln in lines)
     assert all(re.search(r"time=\d\d:\d\d:\d\d", ln) for ln in lines)
+
+
+def test_weights_and_biases_gets_the_tensorboard_scalars_offline(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    key = "wandb-secret-key-0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny(tmp_path, total_steps=150, wandb_project="snn-ddqn-test", wandb_mode="offline", name="wb")
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    logs = list((run_dir(cfg) / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    data = logs[0].read_bytes()
+    for tag in (b"charts/episodic_return", b"charts/epsilon", b"losses/td_loss", b"global_step"):
+        assert tag in data
+    out = capsys.readouterr()
+    everything = b"".join(p.read_bytes() for p in run_dir(cfg).rglob("*") if p.is_file())
+    assert key.encode() not in everything and key not in out.out + out.err
+
+
+def test_weights_and_biases_not_installed_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
+    cfg = tiny(tmp_path, total_steps=50, wandb_project="p")
+    assert train.main(["--config", str(cfg), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install wandb" in err[0]
+    assert not (run_dir(cfg) / "metrics.csv").exists()
