@@ -14,8 +14,10 @@ import difflib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote
 
 class ConfigError(ValueError):
     """Bad configuration. The message is the one line a user sees."""
@@ -364,6 +366,71 @@ def load_env(path: Path) -> dict[str, str]:
     except ImportError:
         return parse_env_text(path.read_text(encoding="utf-8"))
     return {k: (v or "") for k, v in dotenv_values(path).items()}
+
+
+# --------------------------------------------------------------------------- .env values
+SYNC_TIMEOUT_DEFAULT = 20.0  # seconds a remote may take before the sync is abandoned (.env code_sync_timeout)
+GIT_CRED_ENV = ("SNNDQN_GIT_USERNAME", "SNNDQN_GIT_PASSWORD")  # read by run.py's askpass helper only
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials from a URL so it can be printed."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+
+
+def resolve_remote(link: str, base: Path) -> str:
+    """code_base_link: `owner/repo` -> its GitHub URL; a URL stays as it is; anything else is a local path."""
+    link = link.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", link) or re.match(r"^[\w.-]+@[\w.-]+:", link):
+        return link
+    candidate = Path(link).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    if not candidate.exists() and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", link):
+        name = link[:-4] if link.endswith(".git") else link
+        return f"https://github.com/{name}.git"
+    return str(candidate.resolve())
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """`https://user:token@host/repo` -> (`https://host/repo`, the askpass helper's environment)."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@\s]+)@(.*)$", url)
+    if not m:
+        return url, {}
+    user, _, password = m.group(2).partition(":")
+    return m.group(1) + m.group(3), {GIT_CRED_ENV[0]: unquote(user), GIT_CRED_ENV[1]: unquote(password)}
+
+
+def sync_timeout(env: Mapping[str, str]) -> float:
+    """code_sync_timeout: seconds a remote may take before the sync is abandoned (default 20)."""
+    value = env.get("code_sync_timeout", "").strip()
+    if not value:
+        return SYNC_TIMEOUT_DEFAULT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"code_sync_timeout in .env must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def training_interpreter(env: Mapping[str, str], root: Path) -> str:
+    """python_venv_path: the interpreter (or venv folder) that runs train.py; default the current one."""
+    value = env.get("python_venv_path", "").strip()
+    if not value:
+        return sys.executable
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(root) / path
+    if path.is_dir():
+        for cand in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "bin" / "python3"):
+            if cand.is_file():
+                return str(cand)
+        raise ConfigError(f"python_venv_path in .env: {value} is a folder without bin/python; point it at a venv or an interpreter")
+    if not path.is_file():
+        raise ConfigError(f"python_venv_path in .env: {value} does not exist; point it at a venv or a Python interpreter, or remove it")
+    return str(path)
 
 
 # --------------------------------------------------------------------------- Hub settings

@@ -38,9 +38,7 @@ TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub"
                     "train", "evaluate")
 PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-SYNC_TIMEOUT_DEFAULT = 20.0  # seconds a remote may take before the sync is abandoned (.env code_sync_timeout)
 GIT_LOCAL_TIMEOUT = 120.0  # local git commands (reset, rev-parse) on a slow disk
-CRED_ENV = ("SNNDQN_GIT_USERNAME", "SNNDQN_GIT_PASSWORD")  # read by the askpass helper, never on a command line
 
 
 class BadInput(Exception):
@@ -55,37 +53,7 @@ def warn(msg: str) -> None:
     print(f"[run.py] {msg}", file=sys.stderr, flush=True)
 
 
-def redact_url(url: str) -> str:
-    """Drop credentials from a URL so it can be printed."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
-
-
 # --------------------------------------------------------------------------- git sync
-def resolve_remote(link: str, base: Path) -> str:
-    """`owner/repo` -> its GitHub URL; a URL stays as it is; anything else is a local path."""
-    link = link.strip()
-    if re.match(r"^[a-z][a-z0-9+.-]*://", link) or re.match(r"^[\w.-]+@[\w.-]+:", link):
-        return link
-    candidate = Path(link).expanduser()
-    if not candidate.is_absolute():
-        candidate = base / candidate
-    if not candidate.exists() and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", link):
-        name = link[:-4] if link.endswith(".git") else link
-        return f"https://github.com/{name}.git"
-    return str(candidate.resolve())
-
-
-def split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """`https://user:token@host/repo` -> (`https://host/repo`, the askpass helper's environment)."""
-    m = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@\s]+)@(.*)$", url)
-    if not m:
-        return url, {}
-    user, _, password = m.group(2).partition(":")
-    from urllib.parse import unquote
-
-    return m.group(1) + m.group(3), {CRED_ENV[0]: unquote(user), CRED_ENV[1]: unquote(password)}
-
-
 def _askpass_helper() -> str:
     """A script git runs for a username or password: it prints them from its environment, so they
     never appear in a command line (`ps`) or in .git/config."""
@@ -103,7 +71,7 @@ def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_L
         creds: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run git; past `timeout` s it is killed with every helper it started (a remote that never answers)."""
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ASKPASS="true")
-    for k in CRED_ENV:
+    for k in config.GIT_CRED_ENV:
         env.pop(k, None)
     if creds:
         env.update(creds, GIT_ASKPASS=_askpass_helper())
@@ -122,21 +90,8 @@ def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_L
     if check and proc.returncode != 0:
         lines = [ln.strip() for ln in (err or out).strip().splitlines() if ln.strip()]
         fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-        raise RuntimeError(redact_url((fatal or lines or [f"git {args[0]} failed"])[0]))
+        raise RuntimeError(config.redact_url((fatal or lines or [f"git {args[0]} failed"])[0]))
     return result
-
-
-def sync_timeout(env: dict[str, str]) -> float:
-    value = env.get("code_sync_timeout", "").strip()
-    if not value:
-        return SYNC_TIMEOUT_DEFAULT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise BadInput(f"code_sync_timeout in .env must be a number of seconds > 0, got {value!r}")
-    return seconds
 
 
 def file_digest(path: Path) -> str | None:
@@ -151,7 +106,7 @@ def head_commit(cwd: Path = ROOT) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def sync_code(link: str, branch: str, interpreter: str, timeout: float = SYNC_TIMEOUT_DEFAULT) -> bool:
+def sync_code(link: str, branch: str, interpreter: str, timeout: float = config.SYNC_TIMEOUT_DEFAULT) -> bool:
     """Bring ROOT to the newest commit of the remote. Returns True when files changed.
 
     Failures are reported in one line and leave the local code as it was. Credentials in the link
@@ -160,8 +115,8 @@ def sync_code(link: str, branch: str, interpreter: str, timeout: float = SYNC_TI
     if shutil.which("git") is None:
         warn("code sync skipped: the git command is not installed")
         return False
-    url, creds = split_credentials(resolve_remote(link, ROOT))
-    shown = redact_url(url)
+    url, creds = config.split_credentials(config.resolve_remote(link, ROOT))
+    shown = config.redact_url(url)
     try:
         if not branch:
             branch = remote_default_branch(url, creds, timeout)
@@ -272,23 +227,6 @@ def ensure_requirements(interpreter: str, requirements: Path) -> None:
         proc = subprocess.run(cmd, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {proc.returncode}); see pip's output above")
-
-
-def training_interpreter(env: dict[str, str]) -> str:
-    value = env.get("python_venv_path", "").strip()
-    if not value:
-        return sys.executable
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = ROOT / path
-    if path.is_dir():
-        for cand in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "bin" / "python3"):
-            if cand.is_file():
-                return str(cand)
-        raise BadInput(f"python_venv_path in .env: {value} is a folder without bin/python; point it at a venv or an interpreter")
-    if not path.is_file():
-        raise BadInput(f"python_venv_path in .env: {value} does not exist; point it at a venv or a Python interpreter, or remove it")
-    return str(path)
 
 
 # --------------------------------------------------------------------------- config
@@ -531,11 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("--max-crashes must be >= 1 and the time options >= 0")
 
         env = config.load_env(ROOT / ".env")
-        interpreter = training_interpreter(env)
+        interpreter = config.training_interpreter(env, ROOT)
         link = env.get("code_base_link", "").strip()
         if link and link != "." and not args.no_sync:
             before = file_digest(ROOT / "run.py")
-            sync_code(link, env.get("code_base_branch", "").strip(), interpreter, sync_timeout(env))
+            sync_code(link, env.get("code_base_branch", "").strip(), interpreter, config.sync_timeout(env))
             if file_digest(ROOT / "run.py") != before:
                 if os.environ.get(REEXEC_GUARD):
                     warn("run.py changed again after a restart; not restarting twice")
@@ -583,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                          max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash,
                          script_args=script_args)
         return sup.run()
-    except BadInput as e:
+    except (BadInput, config.ConfigError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
 

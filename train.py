@@ -176,7 +176,7 @@ class Trainer:
         self.loss_sum.zero_()
         self.loss_count = 0
         self.epsilon = max(cfg.epsilon_min, self.epsilon * cfg.decay)
-        eval_return = self.evaluate(cfg.eval_episodes) if cfg.eval_every and self.episode % cfg.eval_every == 0 else None
+        eval_return = held_out_evaluation(self, cfg.eval_episodes) if cfg.eval_every and self.episode % cfg.eval_every == 0 else None
         if cfg.record_every and self.episode % cfg.record_every == 0:
             record_gif(self)
         row = {"episode": self.episode, "global_step": self.global_step, "return": round(ret, 4),
@@ -190,44 +190,13 @@ class Trainer:
             log_debug(self, env)
         self.episode_return[env] = 0.0
         self.episode_length[env] = 0
-        self._apply_win_rule()
+        apply_win_rule(self)
         if self.episode % cfg.checkpoint_every == 0:
             self.checkpoint_due = True  # written at the end of the step, when the state is whole
-
-    def _apply_win_rule(self) -> None:
-        """stop_learning_at_win_percent: once enough of the last 100 episodes are wins, stop updating."""
-        percent = self.cfg.stop_learning_at_win_percent
-        wins = sum(self.recent_wins)
-        if percent <= 0 or self.learning_stopped or 100.0 * wins / 100 < percent:
-            return
-        self.learning_stopped = True
-        log(kv_line("learning_stopped", episode=self.episode, global_step=self.global_step, wins_last_100=wins,
-                    threshold_percent=percent))
-        utils.write_status(self.run_dir, False, f"learning stopped: {wins} wins in the last 100 episodes reached "
-                           f"stop_learning_at_win_percent={percent:g}", learning_stopped=True,
-                           global_step=self.global_step, episode=self.episode)
 
     def greedy(self, obs) -> int:
         with torch.no_grad():
             return int(self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device)).argmax(1))
-
-    def evaluate(self, episodes: int) -> float:
-        """Mean return of full greedy episodes (no lenient termination) on held-out tracks, the same
-        every time; the best so far is kept as best.pt (weights + config, the --export format)."""
-        env = envs.make_env(self.cfg.replace(lenient_termination=0))
-        try:
-            returns = [envs.play_episode(env, self.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
-        finally:
-            env.close()
-        self.last_eval = float(np.mean(returns))
-        log(kv_line("eval", episode=self.episode, global_step=self.global_step, episodes=episodes,
-                    mean=round(self.last_eval, 2), min=round(min(returns), 2), max=round(max(returns), 2),
-                    best=round(max(self.last_eval, self.best_eval if self.best_eval is not None else -1e9), 2)))
-        if self.best_eval is None or self.last_eval > self.best_eval:
-            self.best_eval = self.last_eval
-            checkpoints.write_best(self.run_dir / checkpoints.BEST_NAME, checkpoints.capture_weights(self),
-                                   {"mean": self.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"})
-        return round(self.last_eval, 4)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -316,6 +285,39 @@ class Trainer:
     def run(self) -> int:
         """One bout: train until a budget, the bout's time or a signal stops it; checkpoint; exit code."""
         return bout.Bout(self).run()
+
+
+def held_out_evaluation(t: Trainer, episodes: int) -> float:
+    """Mean return of full greedy episodes (no lenient termination) on held-out tracks, the same
+    every time; the best so far is kept as best.pt (weights + config, the --export format)."""
+    env = envs.make_env(t.cfg.replace(lenient_termination=0))
+    try:
+        returns = [envs.play_episode(env, t.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
+    finally:
+        env.close()
+    t.last_eval = float(np.mean(returns))
+    log(kv_line("eval", episode=t.episode, global_step=t.global_step, episodes=episodes,
+                mean=round(t.last_eval, 2), min=round(min(returns), 2), max=round(max(returns), 2),
+                best=round(max(t.last_eval, t.best_eval if t.best_eval is not None else -1e9), 2)))
+    if t.best_eval is None or t.last_eval > t.best_eval:
+        t.best_eval = t.last_eval
+        checkpoints.write_best(t.run_dir / checkpoints.BEST_NAME, checkpoints.capture_weights(t),
+                               {"mean": t.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"})
+    return round(t.last_eval, 4)
+
+
+def apply_win_rule(t: Trainer) -> None:
+    """stop_learning_at_win_percent: once enough of the last 100 episodes are wins, stop updating."""
+    percent = t.cfg.stop_learning_at_win_percent
+    wins = sum(t.recent_wins)
+    if percent <= 0 or t.learning_stopped or 100.0 * wins / 100 < percent:
+        return
+    t.learning_stopped = True
+    log(kv_line("learning_stopped", episode=t.episode, global_step=t.global_step, wins_last_100=wins,
+                threshold_percent=percent))
+    utils.write_status(t.run_dir, False, f"learning stopped: {wins} wins in the last 100 episodes reached "
+                       f"stop_learning_at_win_percent={percent:g}", learning_stopped=True,
+                       global_step=t.global_step, episode=t.episode)
 
 
 def check_memory(cfg, obs_shape, n_actions: int, device: torch.device) -> None:

@@ -1,6 +1,6 @@
 """Tune the hand-written `pid` baseline on held-out tracks (never the table's seeds 0-49).
 
-    python bench/pid_tune.py [--episodes 8] [--seed 100] [--variants base,fs1,...]
+    python bench/pid_tune.py [--episodes 8] [--seed 100] [--variants 'base;fs1;{"v_max": 110}']
 
 Each variant is a set of controller parameters (see `evaluate.PID_DEFAULTS`); every variant drives the
 same tracks (seeds `--seed`, `--seed`+1, ...) with full 1000-frame episodes. Prints a table, best
@@ -38,10 +38,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--seed", type=int, default=100, help="first track (keep clear of the table's 0-49)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names, or JSON objects")
+    p.add_argument("--variants", default=";".join(VARIANTS), help="names or JSON objects, separated by ;")
     args = p.parse_args()
     rows = []
-    for name in args.variants.split(","):
+    for name in args.variants.split(";"):
         params = VARIANTS[name] if name in VARIANTS else json.loads(name)
         cfg = load_config({"lenient_termination": 0})
         agent = evaluate.pid_agent(cfg, **params)

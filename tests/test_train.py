@@ -319,6 +319,9 @@ def test_weights_and_biases_gets_the_tensorboard_scalars_offline(tmp_path, monke
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     logs = list((run_dir(cfg) / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1
+    deadline = time.monotonic() + 30  # wandb's service process may still be writing after finish()
+    while b"losses/td_loss" not in logs[0].read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
     data = logs[0].read_bytes()
     for tag in (b"charts/episodic_return", b"charts/epsilon", b"losses/td_loss", b"global_step"):
         assert tag in data
