@@ -21,16 +21,14 @@ sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 from config import load_config  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # relative to evaluate.PID_DEFAULTS; the first session's controller was "old"
     "base": {},
-    "fs1": {"frame_skip": 1},
-    "fs2": {"frame_skip": 2},
-    "fast": {"v_max": 95.0, "v_min": 30.0},
-    "faster": {"v_max": 110.0, "v_min": 35.0},
-    "look-speed": {"look_base": 3, "look_per_speed": 0.08},
-    "tight": {"steer_deadband": 0.05},
-    "loose": {"steer_deadband": 0.2},
-    "far-curve": {"curve_ahead": 18},
+    "old": {"frame_skip": 4, "steer_deadband": 0.1, "v_max": 80.0, "v_min": 15.0},
+    "fs4": {"frame_skip": 4},
+    "deadband0.15": {"steer_deadband": 0.15},
+    "deadband0.4": {"steer_deadband": 0.4},
+    "slower": {"v_max": 110.0, "v_min": 35.0},
+    "kd1.5": {"kd": 1.5},
 }
 
 
