@@ -254,5 +254,11 @@ def test_push_an_agent_to_the_hub_and_load_it_back(server, tmp_path, capsys, mon
                           "--out", str(tmp_path / "again")]) == 0
     again = capsys.readouterr().out
     assert f"| ANN-DDQN (tester/cartpole-agent) | {mean:.2f} |" in again  # same seeds, same weights, same mean
+    gif = tmp_path / "from-hub.gif"
+    assert evaluate.main(["--checkpoint", "hf://tester/cartpole-agent", "--gif", str(gif), "--no-table"]) == 0
+    assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # --play on a virtual display
+    assert evaluate.main(["--checkpoint", "hf://tester/cartpole-agent", "--play"]) == 0
+    assert "played one episode" in capsys.readouterr().out
     assert evaluate.main(["--checkpoint", "hf://tester/missing-agent", "--episodes", "1"]) == 2
     assert "cannot download agent.pt from tester/missing-agent" in capsys.readouterr().err
