@@ -132,6 +132,7 @@ class Progress:
         self.last = time.monotonic()
         self.start = time.monotonic()
         self.by_steps = t.cfg.total_steps > 0
+        self.phase = None
         self.shown = t.global_step if self.by_steps else 0
         if force_bar or sys.stdout.isatty():
             try:
@@ -164,9 +165,12 @@ class Progress:
             if n != self.shown:
                 self.bar.update(n - self.shown)
                 self.shown = n
+            phase = "filling replay" if filling else "training"
+            if phase != self.phase:  # at once, however fast the steps go
+                self.phase = phase
+                self.bar.set_description(phase)
             if now - self.last >= 1.0:
                 self.last = now
-                self.bar.set_description("filling replay" if filling else "training", refresh=False)
                 post = {"step": t.global_step} if not self.by_steps else {}
                 self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
                                      sps=f"{sps:.0f}", **post, refresh=False)
