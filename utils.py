@@ -75,10 +75,11 @@ def kv_line(event: str, **fields: Any) -> str:
 
 
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """`key: old -> new` for every key whose value differs."""
+    """`key: old -> new` for every key whose value differs. Keys `old` does not have (added to the
+    schema after it was written) are not changes."""
     skip = set(ignore)
     return [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
-            for k in new if k not in skip and old.get(k) != new.get(k)]
+            for k in new if k not in skip and k in old and old.get(k) != new.get(k)]
 
 
 def available_memory() -> int | None:

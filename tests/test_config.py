@@ -147,3 +147,9 @@ def test_status_round_trip(tmp_path):
 
 def test_kv_line_quotes_values_with_spaces():
     assert utils.kv_line("episode", n=3, ret=1.23456, msg="a b") == 'episode n=3 ret=1.235 msg="a b"'
+
+
+def test_keys_added_since_a_checkpoint_are_not_listed_as_changes():
+    old = {"batch": 64, "gamma": 0.99}
+    new = {"batch": 32, "gamma": 0.99, "wandb_project": ""}
+    assert utils.describe_changes(old, new) == ["batch: 64 -> 32"]
