@@ -83,10 +83,13 @@ def verified(path: Path) -> bool:
     """Whether a checkpoint file is whole: its sha256 matches the manifest, or, for a file the manifest
     does not name (fetched from the Hub, written by an older version), it loads."""
     entry = _manifest(Path(path).parent).get(Path(path).name)
-    if entry is None:
-        return loadable(path)
+    return loadable(path) if entry is None else _matches(Path(path), entry)
+
+
+def _matches(path: Path, entry: dict) -> bool:
+    """The file has the size and sha256 its manifest entry records."""
     try:
-        return Path(path).stat().st_size == entry["bytes"] and _sha256(path) == entry["sha256"]
+        return path.stat().st_size == entry["bytes"] and _sha256(path) == entry["sha256"]
     except OSError:
         return False
 
@@ -118,10 +121,11 @@ def loadable(path: Path) -> bool:
 def load_newest(ckpt_dir: Path, map_location="cpu", log: Callable[[str], None] = print):
     """(path, checkpoint) of the newest loadable checkpoint, or None; a newer file that cannot be
     loaded is skipped with a warning line."""
+    manifest = _manifest(ckpt_dir)
     for path in reversed(list_checkpoints(ckpt_dir)):
-        entry = _manifest(ckpt_dir).get(path.name)
+        entry = manifest.get(path.name)
         try:
-            if entry is not None and (path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]):
+            if entry is not None and not _matches(path, entry):
                 raise ValueError("its sha256 does not match the manifest")
             return path, read(path, map_location)
         except Exception as e:
