@@ -5,6 +5,12 @@ history, every random state, the environments' state and the replay. It is writt
 `checkpoints/ckpt_<global_step:010d>.pt`; only the newest `keep_checkpoints` are kept. Reading falls
 back past a file that cannot be loaded. The weights-only export (`pretrained/*.pt`) keeps what
 evaluation and play need: config, shapes and the online network.
+
+The replay's frames (nearly all of a checkpoint's bytes) are not in the checkpoint: they are saved
+incrementally as append-only segments in `checkpoints/replay/`, each holding the frames added since
+the previous checkpoint, written and verified before the checkpoint that references them (by name and
+sha256). A segment no kept checkpoint references is ignored and then deleted; a referenced one that is
+missing or damaged makes that checkpoint fall back like an unloadable file.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import io
 import json
 import random
 import re
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +32,9 @@ from utils import atomic_write_bytes, atomic_write_json, read_json
 FORMAT = 1
 NAME_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 BEST_NAME = "best.pt"  # in the run folder: the policy with the best held-out evaluation so far
-MANIFEST = ".manifest.json"  # {name: {"sha256", "bytes"}} of the checkpoints written and verified here
+MANIFEST = ".manifest.json"  # {name: {"sha256", "bytes", "segments"}} of the checkpoints written and verified here
+SEGMENT_DIR = "replay"  # checkpoints/replay/seg_<step>_<sha256 prefix>.bin: the replay's frames
+SEGMENT_MAGIC = b"SNNDQN-REPLAY-SEGMENT-1\n"
 
 
 def name_for(global_step: int) -> str:
@@ -46,24 +55,145 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- writing and reading
 def write(ckpt_dir: Path, state: dict, keep: int) -> tuple[Path, int]:
     """Write `state` atomically as the checkpoint of its global step, read it back and check its
-    sha256 before the manifest names it (only then is it the newest), and prune to the newest `keep`.
-    Returns (path, bytes written)."""
+    sha256 before the manifest names it (only then is it the newest), and prune to the newest `keep`
+    (and the replay segments none of them references). Returns (path, bytes written)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getbuffer()
     path = Path(ckpt_dir) / name_for(state["counters"]["global_step"])
-    atomic_write_bytes(path, data)
-    digest = hashlib.sha256(data).hexdigest()
-    if _sha256(path) != digest:
-        path.unlink(missing_ok=True)
-        raise OSError(f"checkpoint {path.name} read back differently from what was written; disk or filesystem fault")
-    manifest = _manifest(ckpt_dir)
-    manifest[path.name] = {"sha256": digest, "bytes": len(data)}
+    digest = _write_verified(path, data)
+    replay = state.get("replay") or {}
+    record(ckpt_dir, path.name, digest, len(data), [seg["name"] for seg in replay.get("segments", [])], keep)
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    names = {p.name for p in list_checkpoints(ckpt_dir)}
-    atomic_write_json(Path(ckpt_dir) / MANIFEST, {n: v for n, v in manifest.items() if n in names})
+    prune_segments(ckpt_dir)
     return path, len(data)
+
+
+def _write_verified(path: Path, data) -> str:
+    """Atomic write, then the file read back must have the sha256 of `data` (returned)."""
+    atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256_of(path) != digest:
+        path.unlink(missing_ok=True)
+        raise OSError(f"{path.name} read back differently from what was written; disk or filesystem fault")
+    return digest
+
+
+def record(ckpt_dir: Path, name: str, digest: str, size: int, segments: list[str], keep: int) -> None:
+    """Name a whole checkpoint in the manifest. Entries stay for the newest `keep` checkpoints, also
+    those whose file lives only on the Hub (local_backup false): their segments are still needed."""
+    manifest = _manifest(ckpt_dir)
+    manifest[name] = {"sha256": digest, "bytes": size, "segments": segments}
+    names = sorted(set(manifest) | {p.name for p in list_checkpoints(ckpt_dir)})[-keep:]
+    atomic_write_json(Path(ckpt_dir) / MANIFEST, {n: manifest[n] for n in names if n in manifest})
+
+
+def referenced_segments(ckpt_dir: Path, names) -> set[str] | None:
+    """Replay segments the checkpoints `names` need, or None when one of them has no manifest entry
+    (fetched, or written by an older version): then nothing may be deleted."""
+    manifest = _manifest(ckpt_dir)
+    if any(n not in manifest for n in names):
+        return None
+    return {seg for n in names for seg in manifest[n].get("segments", [])}
+
+
+def prune_segments(ckpt_dir: Path) -> None:
+    """Delete the segments that no kept checkpoint references (also those a crash left unreferenced)."""
+    kept = set(_manifest(ckpt_dir)) | {p.name for p in list_checkpoints(ckpt_dir)}
+    needed = referenced_segments(ckpt_dir, kept)
+    if needed is None:
+        return
+    for path in (Path(ckpt_dir) / SEGMENT_DIR).glob("seg_*.bin"):
+        if path.name not in needed:
+            path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- replay segments
+def _encode_segment(parts, dtype, frame_shape) -> bytes:
+    """MAGIC, header length, JSON header, then one zlib blob per environment (no pickle)."""
+    header = {"dtype": str(dtype), "frame_shape": list(frame_shape), "envs": []}
+    blobs = []
+    for start, frames in parts:
+        blob = zlib.compress(np.ascontiguousarray(frames).tobytes(), 1)
+        header["envs"].append([int(start), len(frames), len(blob)])
+        blobs.append(blob)
+    head = json.dumps(header).encode()
+    return SEGMENT_MAGIC + len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def _decode_segment(data: bytes) -> list[tuple[int, np.ndarray]]:
+    if not data.startswith(SEGMENT_MAGIC):
+        raise ValueError("not a replay segment")
+    at = len(SEGMENT_MAGIC)
+    size = int.from_bytes(data[at:at + 8], "little")
+    header = json.loads(data[at + 8:at + 8 + size])
+    at += 8 + size
+    parts = []
+    for start, n, nbytes in header["envs"]:
+        raw = zlib.decompress(data[at:at + nbytes])
+        parts.append((start, np.frombuffer(raw, dtype=header["dtype"]).reshape(n, *header["frame_shape"])))
+        at += nbytes
+    return parts
+
+
+class ReplaySegments:
+    """The replay's frames on disk as append-only segments, one per checkpoint (owned by the trainer)."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.dir = Path(ckpt_dir) / SEGMENT_DIR
+        self.segments: list[dict] = []  # {"name", "sha256", "bytes", "ranges": [[start, end] per env]}
+        self.marks = None  # replay.written when the last segment was taken; None: nothing saved yet
+        self.last_bytes = 0  # size of the segment the last capture wrote
+
+    def capture(self, replay, step: int) -> dict:
+        """Write the frames added since the last capture as a new segment (verified) and return the
+        replay's state with the segments it needs instead of its frames."""
+        marks = self.marks if self.marks is not None else np.zeros(replay.num_envs, dtype=np.int64)
+        parts = replay.frames_since(marks)
+        self.last_bytes = 0
+        if any(len(frames) for _, frames in parts):
+            data = _encode_segment(parts, replay.frames.dtype, replay.frame_shape)
+            digest = hashlib.sha256(data).hexdigest()
+            name = f"seg_{step:010d}_{digest[:12]}.bin"
+            _write_verified(self.dir / name, data)
+            self.last_bytes = len(data)
+            self.segments.append({"name": name, "sha256": digest, "bytes": len(data),
+                                  "ranges": [[start, start + len(frames)] for start, frames in parts]})
+        self.marks = replay.written.copy()
+        oldest_live = replay.written - replay.per_env
+        self.segments = [seg for seg in self.segments  # a segment whose frames were all overwritten goes
+                         if any(end > oldest_live[e] and end > start for e, (start, end) in enumerate(seg["ranges"]))]
+        state = replay.state_dict(frames=False)
+        state["segments"] = [dict(seg) for seg in self.segments]
+        return state
+
+    def restore(self, replay, state: dict) -> None:
+        """Load a replay state (segment data attached by `load_newest`, or frames inline from older versions)."""
+        replay.load_state_dict(state)
+        for data in state.get("segment_data", []):
+            for e, (start, frames) in enumerate(_decode_segment(data)):
+                replay.put_frames(e, start, frames)
+        if "segments" in state:
+            self.segments, self.marks = [dict(seg) for seg in state["segments"]], replay.written.copy()
+        else:  # frames were inline: the next checkpoint saves them all once
+            self.segments, self.marks = [], None
+
+
+def read_segments(ckpt_dir: Path, replay_state: dict) -> list[bytes]:
+    """The bytes of every segment a checkpoint's replay references; ValueError naming one that is
+    missing or does not match its sha256."""
+    out = []
+    for seg in replay_state.get("segments", []):
+        path = Path(ckpt_dir) / SEGMENT_DIR / seg["name"]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise ValueError(f"its replay segment {seg['name']} is missing") from None
+        if len(data) != seg["bytes"] or hashlib.sha256(data).hexdigest() != seg["sha256"]:
+            raise ValueError(f"its replay segment {seg['name']} is damaged (sha256 mismatch)")
+        out.append(data)
+    return out
 
 
 def _manifest(ckpt_dir: Path) -> dict:
@@ -71,7 +201,16 @@ def _manifest(ckpt_dir: Path) -> dict:
     return m if isinstance(m, dict) else {}
 
 
-def _sha256(path: Path) -> str:
+def segment_whole(path: Path) -> bool:
+    """A replay segment's content still has the sha256 its name starts with."""
+    digest = Path(path).stem.rsplit("_", 1)[-1]
+    try:
+        return len(digest) == 12 and sha256_of(path).startswith(digest)
+    except OSError:
+        return False
+
+
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -89,7 +228,7 @@ def verified(path: Path) -> bool:
 def _matches(path: Path, entry: dict) -> bool:
     """The file has the size and sha256 its manifest entry records."""
     try:
-        return path.stat().st_size == entry["bytes"] and _sha256(path) == entry["sha256"]
+        return path.stat().st_size == entry["bytes"] and sha256_of(path) == entry["sha256"]
     except OSError:
         return False
 
@@ -118,20 +257,40 @@ def loadable(path: Path) -> bool:
         return False
 
 
-def load_newest(ckpt_dir: Path, map_location="cpu", log: Callable[[str], None] = print):
+def load_newest(ckpt_dir: Path, map_location="cpu", log: Callable[[str], None] = print, replay: bool = True):
     """(path, checkpoint) of the newest loadable checkpoint, or None; a newer file that cannot be
-    loaded is skipped with a warning line."""
+    loaded is skipped with a warning line. With `replay`, the replay segments are read and checked too
+    (attached as replay["segment_data"]): a checkpoint whose segments are damaged falls back to the
+    previous one, and when no checkpoint has its segments whole, the newest loads with an empty replay."""
     manifest = _manifest(ckpt_dir)
+    without_replay = None
     for path in reversed(list_checkpoints(ckpt_dir)):
         entry = manifest.get(path.name)
         try:
             if entry is not None and not _matches(path, entry):
                 raise ValueError("its sha256 does not match the manifest")
-            return path, read(path, map_location)
+            ckpt = read(path, map_location)
         except Exception as e:
             log(f"warning: checkpoint {path.name} cannot be loaded ({type(e).__name__}: {str(e)[:120]}); "
                 "falling back to the previous one")
-    return None
+            continue
+        state = ckpt.get("replay")
+        if not replay:
+            ckpt["replay"] = None
+        elif state is not None and "segments" in state:
+            try:
+                state["segment_data"] = read_segments(ckpt_dir, state)
+            except ValueError as e:
+                log(f"warning: checkpoint {path.name}: {e}; falling back to the previous one")
+                if without_replay is None:
+                    ckpt["replay"] = {"missing": str(e)}
+                    without_replay = (path, ckpt)
+                continue
+        return path, ckpt
+    if without_replay is not None:
+        log(f"warning: no checkpoint has its replay whole; continuing from {without_replay[0].name} with an empty "
+            "replay (it refills before learning resumes)")
+    return without_replay
 
 
 def read_for_user(path: Path) -> dict:
@@ -221,7 +380,7 @@ def capture(t, env_snapshot: bytes | None) -> dict:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "trainer": t.rng.bit_generator.state},
         "env": {"snapshot": env_snapshot, "obs": np.array(t.obs), "autoreset": t.autoreset.copy()},
-        "replay": t.replay.state_dict() if t.cfg.save_replay else None,
+        "replay": t.replay_segments.capture(t.replay, t.global_step) if t.cfg.save_replay else None,
     }
 
 
@@ -263,11 +422,15 @@ def restore(t, ckpt: dict) -> tuple[str, dict | None]:
     t.rng.bit_generator.state = r["trainer"]
     if ckpt["replay"] is None:
         replay_note = "no replay in the checkpoint (save_replay was false); starting with an empty one"
+    elif "missing" in ckpt["replay"]:
+        replay_note = f"replay not restored (the checkpoint's {ckpt['replay']['missing'][4:]}); starting with an empty one"
     else:
         replay_note = "replay restored"
         try:
-            t.replay.load_state_dict(ckpt["replay"])
-        except (ValueError, KeyError) as e:
+            t.replay_segments.restore(t.replay, ckpt["replay"])
+        except (ValueError, KeyError, zlib.error) as e:
+            t.replay.clear()
+            t.replay_segments.segments, t.replay_segments.marks = [], None
             replay_note = f"replay not restored ({e}); starting with an empty one"
     env = ckpt["env"]
     if env["snapshot"] is None or t.cfg.agents != len(env["obs"]):

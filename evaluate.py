@@ -92,7 +92,7 @@ def run_checkpoint(run_dir: Path, best: bool) -> Path:
 
 def newest_checkpoint(run_dir: Path) -> Path:
     """The run's newest loadable checkpoint (a newer file that cannot be loaded is skipped with a warning)."""
-    found = checkpoints.load_newest(run_dir / "checkpoints", log=lambda msg: print(msg, file=sys.stderr))
+    found = checkpoints.load_newest(run_dir / "checkpoints", log=lambda msg: print(msg, file=sys.stderr), replay=False)
     if found is None:
         raise ConfigError(f"run {run_dir} has no checkpoint that can be loaded (looked for "
                           f"{run_dir / 'checkpoints' / 'ckpt_*.pt'})")

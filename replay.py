@@ -89,6 +89,7 @@ class ReplayBuffer:
         self.first = np.zeros(n, dtype=bool)  # first observation of an episode
         self.ptr = np.zeros(num_envs, dtype=np.int64)  # next slot to write, per env
         self.count = np.zeros(num_envs, dtype=np.int64)  # slots written, capped at per_env
+        self.written = np.zeros(num_envs, dtype=np.int64)  # frames ever written per env (never wraps)
         self.prioritized = prioritized
         self.alpha = alpha
         self.eps = eps
@@ -115,6 +116,7 @@ class ReplayBuffer:
             self.tree.update([slot], [0.0])
         self.ptr[env] = (self.ptr[env] + 1) % self.per_env
         self.count[env] = min(self.count[env] + 1, self.per_env)
+        self.written[env] += 1
 
     def start(self, env: int, obs) -> None:
         self._write(env, obs, first=True)
@@ -189,25 +191,71 @@ class ReplayBuffer:
         self.max_priority = max(self.max_priority, float(prio.max()))
         self.tree.update(slots, prio ** self.alpha)
 
-    def state_dict(self, compress: bool = True) -> dict:
+    def clear(self) -> None:
+        """Empty, as built."""
+        for array in (self.frames, self.actions, self.rewards, self.terminated, self.has_next, self.first,
+                      self.ptr, self.count, self.written):
+            array[...] = 0
+        if self.tree is not None:
+            self.tree.tree[...] = 0
+        self.max_priority = 1.0
+
+    # ------------------------------------------------------------------ saving
+    # A frame never changes once written, until the ring overwrites its slot: the frames can be saved
+    # incrementally, by write index (`written` counts every frame an environment's stream received).
+    def frames_since(self, marks) -> list[tuple[int, "np.ndarray"]]:
+        """Per environment, (first write index, frames) of the frames written after `marks` (write
+        indices, one per env) that the ring still holds, oldest first."""
+        out = []
+        for e in range(self.num_envs):
+            end = int(self.written[e])
+            start = max(int(marks[e]), end - self.per_env, 0)
+            slots = e * self.per_env + np.arange(start, end) % self.per_env
+            out.append((start, self.frames[slots]))
+        return out
+
+    def put_frames(self, env: int, start: int, frames) -> None:
+        """Write back frames saved by `frames_since` (after `load_state_dict(..., frames=False)`); the
+        ones the ring has overwritten since are skipped."""
+        end = int(self.written[env])
+        first = max(start, end - self.per_env)
+        stop = min(start + len(frames), end)
+        if stop <= first:
+            return
+        slots = env * self.per_env + np.arange(first, stop) % self.per_env
+        self.frames[slots] = frames[first - start:stop - start]
+
+    def state_dict(self, compress: bool = True, frames: bool = True) -> dict:
+        """Everything but, with `frames=False`, the frames (saved apart with `frames_since`)."""
         import zlib
 
-        frames = self.frames.tobytes()
-        return {"frames": zlib.compress(frames, 1) if compress else frames, "compressed": compress,
-                "dtype": str(self.frames.dtype), "actions": self.actions.copy(), "rewards": self.rewards.copy(),
-                "terminated": self.terminated.copy(), "has_next": self.has_next.copy(), "first": self.first.copy(),
-                "ptr": self.ptr.copy(), "count": self.count.copy(), "max_priority": self.max_priority,
-                "tree": None if self.tree is None else self.tree.tree.copy(), "shape": self.frames.shape}
+        state = {"dtype": str(self.frames.dtype), "actions": self.actions.copy(), "rewards": self.rewards.copy(),
+                 "terminated": self.terminated.copy(), "has_next": self.has_next.copy(), "first": self.first.copy(),
+                 "ptr": self.ptr.copy(), "count": self.count.copy(), "written": self.written.copy(),
+                 "max_priority": self.max_priority, "tree": None if self.tree is None else self.tree.tree.copy(),
+                 "shape": self.frames.shape}
+        if frames:
+            raw = self.frames.tobytes()
+            state.update(frames=zlib.compress(raw, 1) if compress else raw, compressed=compress)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict`; without frames in it, the frames are zeroed for `put_frames`."""
         import zlib
 
         if tuple(state["shape"]) != self.frames.shape:
             raise ValueError(f"replay shape {tuple(state['shape'])} does not match {self.frames.shape}")
-        raw = zlib.decompress(state["frames"]) if state["compressed"] else state["frames"]
-        self.frames[...] = np.frombuffer(raw, dtype=state["dtype"]).reshape(self.frames.shape)
+        if "frames" in state:
+            raw = zlib.decompress(state["frames"]) if state["compressed"] else state["frames"]
+            self.frames[...] = np.frombuffer(raw, dtype=state["dtype"]).reshape(self.frames.shape)
+        else:
+            self.frames[...] = 0
         for key in ("actions", "rewards", "terminated", "has_next", "first", "ptr", "count"):
             getattr(self, key)[...] = state[key]
+        if "written" in state:
+            self.written[...] = state["written"]
+        else:  # saved by an older version: any count consistent with the ring position will do
+            self.written[...] = np.where(self.count < self.per_env, self.count, self.per_env + self.ptr)
         self.max_priority = state["max_priority"]
         if self.tree is not None and state["tree"] is not None:
             self.tree.tree[...] = state["tree"]
