@@ -3,7 +3,9 @@
 The run lives under `<session_name>/<run_name>/` of the repo `repo_ID` (created private when
 missing). Pushes run in a background thread, one at a time (a push asked for while one is in flight
 runs once it ends, with the newest files), send only files that changed since the last successful
-push, delete checkpoints the run folder no longer keeps, and retry network failures with back-off.
+push (replay segments once: they never change), delete checkpoints the run folder no longer keeps and
+segments no kept checkpoint references, and retry network failures with back-off. The folder holds
+one run: a new run under the same name first moves the previous one's files to `archive/<time>/`.
 A rejected token switches uploads off for the bout with one line; training never waits on the
 network except for a bounded final push. Tokens never reach a log line, an exception message or an
 upload (they travel only in the Authorization header).
@@ -63,7 +65,8 @@ class HubMirror:
         self.api = client()
         self.uploads_enabled = bool(self.write_token)
         self._pushed: dict[str, tuple[int, int]] = {}  # rel path -> (size, mtime_ns) last sent
-        self._remote_ckpts: set[str] | None = None
+        self._remote_ckpts: set[str] | None = None  # paths under checkpoints/ on the Hub
+        self.archive_pending: str | None = None  # a new run: move the Hub folder to archive/<this>/ first
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._again = False
@@ -161,18 +164,42 @@ class HubMirror:
         return files
 
     def _remote_checkpoints(self) -> set[str]:
+        """Paths under checkpoints/ on the Hub: ckpt_*.pt and replay/seg_*.bin."""
         if self._remote_ckpts is None:
-            self._remote_ckpts = {Path(p).name for p in self.list_remote("checkpoints")}
+            self._remote_ckpts = {p[len("checkpoints/"):] for p in self.list_remote("checkpoints")}
         return self._remote_ckpts
+
+    def start_new_run(self, stamp: str) -> None:
+        """A new run under this name: its first push moves the Hub folder's files to archive/<stamp>/."""
+        self.archive_pending = stamp
+
+    def _archive_remote(self) -> None:
+        """Move the previous run's files on the Hub into archive/<stamp>/ in one commit (copy + delete)."""
+        from huggingface_hub import CommitOperationCopy, CommitOperationDelete
+
+        stamp, files = self.archive_pending, [r for r in self.list_remote() if not r.startswith("archive/")]
+        if files:
+            dest = f"{self.prefix}/archive/{stamp}"
+            ops = [CommitOperationCopy(src_path_in_repo=f"{self.prefix}/{r}", path_in_repo=f"{dest}/{r}") for r in files]
+            ops += [CommitOperationDelete(path_in_repo=f"{self.prefix}/{r}") for r in files]
+            self.api.create_commit(self.repo_id, operations=ops, token=self.write_token,
+                                   commit_message=f"{self.prefix}: new run, previous one archived")
+            self.log(f"new run: the previous run's {len(files)} files on the Hub were moved to {dest}/")
+        self.archive_pending = None
+        self._remote_ckpts = None
 
     def _push_once(self) -> None:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+        if self.archive_pending is not None:
+            self._archive_remote()
         local = self._local_files()
         local_ckpts = {Path(r).name for r in local if r.startswith("checkpoints/") and checkpoints.step_of(Path(r).name) is not None}
+        remote = self._remote_checkpoints()
         # the newest keep_checkpoints of the run, wherever they are (with local_backup false, older ones
-        # live only on the Hub)
-        keep = set(sorted(local_ckpts | self._remote_checkpoints())[-self.keep:])
+        # live only on the Hub), and the replay segments they reference (None: not known, delete none)
+        keep = set(sorted(local_ckpts | {n for n in remote if checkpoints.step_of(n) is not None})[-self.keep:])
+        needed = checkpoints.referenced_segments(self.run_dir / "checkpoints", keep)
         ops, sent = [], {}
         for rel, path in local.items():
             try:
@@ -182,7 +209,15 @@ class HubMirror:
             stamp = (st.st_size, st.st_mtime_ns)
             if self._pushed.get(rel) == stamp:
                 continue
-            if rel.startswith("checkpoints/"):
+            if rel.startswith(f"checkpoints/{checkpoints.SEGMENT_DIR}/"):
+                if rel[len("checkpoints/"):] in remote or (needed is not None and path.name not in needed):
+                    continue  # segments never change: one upload; unreferenced ones stay home
+                if not checkpoints.segment_whole(path):
+                    self.log(f"replay segment {path.name} does not match its sha256; not uploading it")
+                    self._pushed[rel] = stamp
+                    continue
+                source = str(path)
+            elif rel.startswith("checkpoints/"):
                 if Path(rel).name not in keep:
                     continue
                 if not checkpoints.verified(path):  # a damaged file must never replace a good copy on the Hub
@@ -197,7 +232,9 @@ class HubMirror:
                 source = data
             ops.append(CommitOperationAdd(path_in_repo=f"{self.prefix}/{rel}", path_or_fileobj=source))
             sent[rel] = stamp
-        stale = self._remote_checkpoints() - keep
+        stale = {n for n in remote if checkpoints.step_of(n) is not None} - keep
+        if needed is not None:
+            stale |= {n for n in remote if n.startswith(f"{checkpoints.SEGMENT_DIR}/") and Path(n).name not in needed}
         ops += [CommitOperationDelete(path_in_repo=f"{self.prefix}/checkpoints/{name}") for name in sorted(stale)]
         if not ops:
             return
@@ -205,8 +242,7 @@ class HubMirror:
         self.api.create_commit(self.repo_id, operations=ops, token=self.write_token,
                                commit_message=f"{self.prefix}: {newest}")
         self._pushed.update(sent)
-        self._remote_ckpts = (self._remote_checkpoints() - stale) | {Path(r).name for r in sent
-                                                                    if r.startswith("checkpoints/")}
+        self._remote_ckpts = (remote - stale) | {r[len("checkpoints/"):] for r in sent if r.startswith("checkpoints/")}
         self.pushes += 1
         if not self.local_backup:
             self._drop_local_copies(keep)
@@ -266,10 +302,14 @@ class HubMirror:
                 return None
             dest = self.run_dir / "checkpoints" / name
             self.download(f"checkpoints/{name}", dest)
-            if not checkpoints.loadable(dest):
+            try:
+                ckpt = checkpoints.read(dest)
+            except Exception:
                 self.log(f"checkpoint {name} on the Hub cannot be loaded; trying the previous one")
                 dest.unlink(missing_ok=True)
                 continue
+            segments = self._fetch_segments(ckpt)
+            checkpoints.record(dest.parent, name, checkpoints.sha256_of(dest), dest.stat().st_size, segments, self.keep)
             for rel in self.list_remote():
                 if rel == "metrics.csv" or rel.startswith("plots/"):
                     self.download(rel, self.run_dir / rel)
@@ -278,6 +318,20 @@ class HubMirror:
             self.log(f"took checkpoint {name} (step {step}) from {self.repo_id}/{self.prefix}: {where}")
             return dest
         return None
+
+    def _fetch_segments(self, ckpt: dict) -> list[str]:
+        """Download the replay segments a fetched checkpoint references that are not here whole; their names."""
+        refs = (ckpt.get("replay") or {}).get("segments", [])
+        seg_dir = self.run_dir / "checkpoints" / checkpoints.SEGMENT_DIR
+        for seg in refs:
+            path = seg_dir / seg["name"]
+            if path.is_file() and checkpoints.segment_whole(path):
+                continue
+            try:
+                self.download(f"checkpoints/{checkpoints.SEGMENT_DIR}/{seg['name']}", path)
+            except Exception as e:  # resuming then falls back past this checkpoint, or to an empty replay
+                self.log(f"replay segment {seg['name']} could not be downloaded ({self.describe(e)})")
+        return [seg["name"] for seg in refs]
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -186,6 +186,11 @@ class HubStandIn:
                             return self._error(404, "EntryNotFound", f"{prefix} does not exist on 'main'")
                         entries += [{"type": "directory", "path": f, "oid": "0" * 40} for f in sorted(folders)]
                         return self._send(200, entries)
+                    if action == "paths-info" and method == "POST":  # what CommitOperationCopy asks first
+                        wanted = parse_qs(body.decode()).get("paths", [])
+                        return self._send(200, [{"type": "file", "path": p, "size": len(repo.files[p]),
+                                                 "oid": git_blob_sha1(repo.files[p])}
+                                                for p in wanted if p in repo.files])
                     if action == "revision":
                         return self._send(200, {"id": repo_id, "sha": repo.sha, "private": repo.private,
                                                 "siblings": [{"rfilename": p} for p in sorted(repo.files)]})

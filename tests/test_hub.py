@@ -63,8 +63,12 @@ def test_run_is_mirrored_and_pruned(server, tmp_path, capsys):
     files = remote_files(server)
     assert server.repos["tester/runs"].private
     local_ckpts = sorted(p.name for p in (run_dir(cfg) / "checkpoints").glob("*.pt"))
-    remote_ckpts = sorted(Path(p).name for p in files if p.startswith(f"{PREFIX}/checkpoints/"))
+    remote_ckpts = sorted(Path(p).name for p in files if p.startswith(f"{PREFIX}/checkpoints/ckpt_"))
     assert remote_ckpts == local_ckpts and len(remote_ckpts) == 2  # old ones pruned on the Hub too
+    # the replay segments the kept checkpoints reference, each once, and no other
+    needed = checkpoints.referenced_segments(run_dir(cfg) / "checkpoints", local_ckpts)
+    remote_segs = {Path(p).name for p in files if p.startswith(f"{PREFIX}/checkpoints/replay/")}
+    assert needed and remote_segs == needed == {p.name for p in (run_dir(cfg) / "checkpoints/replay").iterdir()}
     assert files[f"{PREFIX}/metrics.csv"] == (run_dir(cfg) / "metrics.csv").read_bytes()
     assert f"{PREFIX}/config.json" in files and f"{PREFIX}/status.json" in files
     assert any(p.startswith(f"{PREFIX}/plots/") for p in files)
@@ -98,6 +102,7 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"took checkpoint ckpt_{step:010d}.pt (step {step})" in out and "no local checkpoint" in out
     assert f"resumed checkpoint=ckpt_{step:010d}.pt global_step={step}" in out
+    assert "replay restored" in out  # its segments came down with it
     rows = (run_dir(second) / "metrics.csv").read_text().splitlines()
     assert rows[1].startswith("1,")  # the metrics came back with the checkpoint and continue
     assert utils.read_status(run_dir(second))["global_step"] == 400
@@ -113,6 +118,38 @@ def test_newer_hub_checkpoint_is_preferred(server, tmp_path, capsys):
     assert train.main(["--config", str(more)]) == 0
     out = capsys.readouterr().out
     assert f"took checkpoint {ckpts[-1].name}" in out and "the local one is at step" in out
+
+
+def test_replay_segments_are_uploaded_once_and_unreferenced_ones_deleted(server, tmp_path):
+    cfg = config(tmp_path, replay_size=100, keep_checkpoints=2)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    sent = [line for body in server.bodies for line in body.splitlines() if b"/checkpoints/replay/seg_" in line
+            and b'"key": "file"' in line]
+    names = [line.split(b"/checkpoints/replay/")[1].split(b'"')[0] for line in sent]
+    assert names and len(names) == len(set(names))  # each segment went up once
+    ckpt_dir = run_dir(cfg) / "checkpoints"
+    needed = checkpoints.referenced_segments(ckpt_dir, [p.name for p in checkpoints.list_checkpoints(ckpt_dir)])
+    remote = {Path(p).name for p in remote_files(server) if "/checkpoints/replay/" in p}
+    assert remote == needed and len(set(names)) > len(needed)  # the ring overwrote some: deleted on the Hub
+
+
+def test_a_new_run_under_the_same_name_archives_the_hub_folder(server, tmp_path, capsys):
+    first = config(tmp_path, total_steps=150)
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    before = dict(remote_files(server))
+    capsys.readouterr()
+    second = config(tmp_path, total_steps=100)
+    assert train.main(["--config", str(second), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"new run: the previous run's {len(before)} files on the Hub were moved to {PREFIX}/archive/" in out
+    files = remote_files(server)
+    archived = {p: blob for p, blob in files.items() if p.startswith(f"{PREFIX}/archive/")}
+    stamp = next(iter(archived)).split("/")[3]
+    assert archived == {p.replace(PREFIX, f"{PREFIX}/archive/{stamp}", 1): blob for p, blob in before.items()}
+    current = {p for p in files if not p.startswith(f"{PREFIX}/archive/")}
+    ckpts = sorted(Path(p).name for p in current if "/checkpoints/ckpt_" in p)
+    assert ckpts == sorted(p.name for p in checkpoints.list_checkpoints(run_dir(second) / "checkpoints"))
+    assert files[f"{PREFIX}/metrics.csv"] == (run_dir(second) / "metrics.csv").read_bytes()  # the new run alone
 
 
 def test_wrong_token_is_one_line_and_training_goes_on(server, tmp_path, capsys, monkeypatch):
@@ -172,7 +209,7 @@ def test_local_backup_false_keeps_only_the_newest_checkpoint(server, tmp_path):
     cfg = config(tmp_path, local_backup=False, checkpoint_every=3)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     local = sorted(p.name for p in (run_dir(cfg) / "checkpoints").glob("*.pt"))
-    remote = sorted(Path(p).name for p in remote_files(server) if "/checkpoints/" in p)
+    remote = sorted(Path(p).name for p in remote_files(server) if "/checkpoints/ckpt_" in p)
     assert len(local) == 1 and local[0] == remote[-1] and len(remote) == 2
 
 
