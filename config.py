@@ -99,7 +99,8 @@ def _keys() -> list[Key]:
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
         K("per_beta", 0.4, "float", "Initial importance-sampling exponent (annealed to 1 over the run).", low=0, high=1),
         K("reward_clip", 0.0, "float", "Clip rewards to [-reward_clip, reward_clip] for learning; 0 = off.", low=0),
-        K("save_replay", True, "bool", "Store the replay buffer (compressed) in checkpoints for exact resume."),
+        K("save_replay", True, "bool", "Save the replay for exact resume: each checkpoint writes only the frames "
+          "added since the previous one (a compressed segment in `checkpoints/replay/`)."),
         K("keep_checkpoints", 3, "int", "Newest checkpoints kept on disk (and on the Hub).", low=1, high=100),
         K("eval_every", 25, "int", "Episodes between greedy evaluations during training; 0 = off.", low=0),
         K("eval_episodes", 10, "int", "Full greedy episodes per evaluation during training, on held-out tracks "

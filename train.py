@@ -67,6 +67,7 @@ class Trainer:
         self.target_network.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=cfg.learning_rate)
         self.replay, self.replay_mb = make_replay(cfg, self.obs_shape)
+        self.replay_segments = checkpoints.ReplaySegments(self.ckpt_dir)  # the replay's frames on disk
 
         self.rng = np.random.default_rng(cfg.seed)  # exploration and replay sampling
         self.global_step = self.episode = self.updates = 0
@@ -90,6 +91,8 @@ class Trainer:
         found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
         if found is None and not new_run:  # nothing to continue from: keep what is there, never wipe it
             archive_previous_run(run_dir, why="no checkpoint of the run could be loaded")
+        if found is None and self.hub is not None:  # and the Hub folder holds this run alone
+            self.hub.start_new_run(time.strftime("%Y%m%d-%H%M%S"))
         self.metrics = metrics.MetricsLog(run_dir, cfg=cfg)
         if found is not None:
             self._resume(*found)
@@ -205,13 +208,15 @@ class Trainer:
         t0 = time.monotonic()
         state = checkpoints.capture(self, envs.snapshot_vector_env(self.vec))
         path, size = checkpoints.write(self.ckpt_dir, state, self.cfg.keep_checkpoints)
+        seconds = time.monotonic() - t0
         try:
             metrics.plot_runs({self.cfg.run_name: self.metrics.path}, self.run_dir / "plots" / "training.png",
                               self.cfg.win_threshold)
         except Exception as e:  # a plot must never stop training
             log(f"warning: could not draw the training plot: {e}")
         log(kv_line("checkpoint", path=path.name, global_step=self.global_step, episode=self.episode,
-                    mb=round(size / 2**20, 1), seconds=round(time.monotonic() - t0, 2)))
+                    mb=round((size + self.replay_segments.last_bytes) / 2**20, 1),
+                    seconds=round(seconds, 2)))
         if self.hub is not None:
             self.hub.push()
         return path
@@ -241,6 +246,26 @@ class Trainer:
         changes = utils.describe_changes(ckpt["config"], self.cfg.to_dict(), ignore=("continue_run",))
         if changes:
             log("config changes on resume: " + "; ".join(changes))
+        self._rebase_best()
+
+    def _rebase_best(self) -> None:
+        """A best.pt scored with another eval_episodes is not comparable: it goes to the archive and the
+        next evaluation sets the bar anew."""
+        path = self.run_dir / checkpoints.BEST_NAME
+        if self.best_eval is None or not path.is_file():
+            return
+        try:
+            episodes = (checkpoints.read(path).get("evaluation") or {}).get("episodes")
+        except Exception:
+            episodes = None
+        if episodes == self.cfg.eval_episodes:
+            return
+        dest = self.run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest / path.name))
+        log(f"note: {path.name} was scored over {episodes} episodes, eval_episodes is now {self.cfg.eval_episodes}; "
+            f"it was moved to {dest} and the next evaluation sets the best anew")
+        self.best_eval = None
 
     # ------------------------------------------------------------------ main loop
     def budget_reached(self) -> str | None:

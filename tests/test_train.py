@@ -271,6 +271,13 @@ def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
         max(evals), abs=0.01)
     assert evaluate.main(["--run", str(run_dir(cfg)), "--best", "--episodes", "2"]) == 0
     assert "ANN-DDQN (t, best)" in capsys.readouterr().out
+    # another eval_episodes: the old best is not comparable, it is archived and the next evaluation sets it
+    more = tiny(tmp_path, total_steps=700, eval_every=5, eval_episodes=3, checkpoint_every=5)
+    assert train.main(["--config", str(more)]) == 0
+    out = capsys.readouterr().out
+    assert "best.pt was scored over 2 episodes, eval_episodes is now 3" in out
+    assert list((run_dir(cfg) / "archive").glob("*/best.pt"))
+    assert torch.load(run_dir(cfg) / "best.pt", weights_only=False)["evaluation"]["episodes"] == 3
 
 
 def test_evaluate_best_without_best_pt_is_one_line(tmp_path, capsys):
