@@ -82,6 +82,7 @@ def measure(size: int, new: int, arch: str, pool: np.ndarray, tmp: Path) -> dict
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     rng = np.random.default_rng(size)
     add_frames(trainer, pool, size, rng)
+    trainer.update()  # Adam's moments exist, as in every checkpoint of a training run
     segments = trainer.replay_segments
     trainer.replay_segments = FullReplay()
     before_s, before_mb = timed_checkpoint(trainer)
