@@ -19,6 +19,7 @@ class Batch(NamedTuple):
     terminateds: Any  # [B] float32: 1 where the episode really ended (no bootstrap)
     weights: Any  # [B] float32 importance-sampling weights (ones for uniform replay)
     indices: Any  # [B] int64 global slot ids, for priority updates
+    discounts: Any = None  # [B] float32 gamma**m of n-step returns (m rewards summed); None for 1-step
 
 
 class SumTree:
@@ -160,7 +161,35 @@ class ReplayBuffer:
         out = self.frames[source]  # [B, k, c, H, W]
         return out.reshape(len(slots), *self.obs_shape)
 
-    def sample(self, batch_size: int, rng, beta: float = 0.4) -> Batch:
+    def n_step_returns(self, slots, n: int, gamma: float, reward_clip: float = 0.0):
+        """For each transition slot: the discounted sum of up to `n` rewards of its episode, gamma**m
+        (m rewards summed), whether the episode terminated within them, and the slot of the observation
+        to bootstrap from. The sum stops early at a termination, at a truncated episode's last
+        observation and at the newest stored observation (no transition starts there)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        env, local = np.divmod(slots, self.per_env)
+        ret = np.zeros(len(slots), dtype=np.float64)
+        disc = np.ones(len(slots), dtype=np.float64)
+        done = np.zeros(len(slots), dtype=bool)
+        last = slots.copy()
+        alive = np.ones(len(slots), dtype=bool)
+        for k in range(n):
+            cur = env * self.per_env + (local + k) % self.per_env
+            nxt = env * self.per_env + (local + k + 1) % self.per_env
+            r = self.rewards[cur].astype(np.float64)
+            if reward_clip > 0:
+                r = np.clip(r, -reward_clip, reward_clip)
+            ret += np.where(alive, disc * r, 0.0)
+            disc = np.where(alive, disc * gamma, disc)
+            last = np.where(alive, nxt, last)
+            done |= alive & self.terminated[cur]
+            alive &= ~self.terminated[cur] & self.has_next[nxt]
+        return ret.astype(np.float32), disc.astype(np.float32), done, last
+
+    def sample(self, batch_size: int, rng, beta: float = 0.4, n_step: int = 1, gamma: float = 0.99,
+               reward_clip: float = 0.0) -> Batch:
+        """A minibatch; with n_step > 1 the rewards are n-step returns (reward_clip applied per step)
+        and `discounts` holds gamma**m per sample."""
         if self.tree is None:
             n = len(self.frames)
             chosen = np.empty(0, dtype=np.int64)
@@ -180,6 +209,10 @@ class ReplayBuffer:
             probs = self.tree.tree[slots + self.tree.size] / total
             weights = (len(self) * probs) ** (-beta)
             weights = (weights / weights.max()).astype(np.float32)
+        if n_step > 1:
+            rewards, discounts, done, nxt = self.n_step_returns(slots, n_step, gamma, reward_clip)
+            return Batch(self.stacked(slots), self.actions[slots], self.stacked(nxt), rewards,
+                         done.astype(np.float32), weights, slots, discounts)
         nxt = (slots // self.per_env) * self.per_env + (slots % self.per_env + 1) % self.per_env
         return Batch(self.stacked(slots), self.actions[slots], self.stacked(nxt), self.rewards[slots],
                      self.terminated[slots].astype(np.float32), weights, slots)

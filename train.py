@@ -128,20 +128,21 @@ class Trainer:
     def update(self) -> None:
         cfg = self.cfg
         beta = cfg.per_beta + (1 - cfg.per_beta) * min(1.0, self.global_step / max(cfg.total_steps, 1_000_000))
-        b = self.replay.sample(cfg.batch, self.rng, beta)
+        b = self.replay.sample(cfg.batch, self.rng, beta, cfg.n_step, cfg.gamma, cfg.reward_clip)
         dev = self.device
         obs = torch.as_tensor(b.observations, device=dev)
         next_obs = torch.as_tensor(b.next_observations, device=dev)
         actions = torch.as_tensor(b.actions, device=dev)
         rewards = torch.as_tensor(b.rewards, device=dev)
-        if cfg.reward_clip > 0:
+        if cfg.reward_clip > 0 and b.discounts is None:  # n-step sums were clipped per step in the replay
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
         not_done = 1.0 - torch.as_tensor(b.terminateds, device=dev)
+        discount = cfg.gamma if b.discounts is None else torch.as_tensor(b.discounts, device=dev)
         with torch.no_grad():
             # Double DQN: the online network picks the action at s', the target network evaluates it
             next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
             next_q = self.target_network(next_obs).gather(1, next_actions).squeeze(1)
-            target = rewards + cfg.gamma * not_done * next_q
+            target = rewards + discount * not_done * next_q
         q = self.q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
         weights = torch.as_tensor(b.weights, device=dev)
         loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()

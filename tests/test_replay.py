@@ -116,3 +116,54 @@ def test_state_dict_round_trip():
         assert np.array_equal(x, y)
     with pytest.raises(ValueError):
         ReplayBuffer(60, replay.obs_shape, 1, stack=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_n_step_returns_equal_a_walk_along_each_episode(n):
+    """Against a plain walk over the recorded streams: across ring wraps, terminations (no bootstrap),
+    truncations (bootstrap from the last observation) and the newest observation (bootstrap from it)."""
+    gamma, clip = 0.9, 1.5
+    rng = np.random.default_rng(n)
+    replay = ReplayBuffer(2 * 40, (2, 1, 1), num_envs=2, stack=2, dtype=np.float32)
+    streams = [[], []]  # per env, in write order: [obs id, reward, terminated, has_next]
+    ids = 0
+    for e in range(2):
+        replay.start(e, np.full((2, 1, 1), ids, np.float32))
+        streams[e].append([ids, 0.0, False, False])
+        ids += 1
+    for _ in range(230):
+        for e in range(2):
+            r, end = float(rng.normal() * 2), rng.random()
+            term, trunc = end < 0.04, 0.04 <= end < 0.08
+            replay.add(e, 0, r, term, np.full((2, 1, 1), ids, np.float32))
+            streams[e][-1][1:] = [r, term, True]
+            streams[e].append([ids, 0.0, False, False])
+            ids += 1
+            if term or trunc:
+                replay.start(e, np.full((2, 1, 1), ids, np.float32))
+                streams[e].append([ids, 0.0, False, False])
+                ids += 1
+    slots = np.flatnonzero(replay._sampleable(np.arange(len(replay.frames))))
+    rewards, discounts, done, last = replay.n_step_returns(slots, n, gamma, clip)
+    for slot, r_got, d_got, done_got, last_got in zip(slots, rewards, discounts, done, last):
+        e = slot // replay.per_env
+        w = [i for i, item in enumerate(streams[e]) if item[0] == replay.frames[slot, 0, 0, 0]][0]
+        ret, m, terminated = 0.0, 0, False
+        while m < n:
+            _, r, term, has_next = streams[e][w + m]
+            assert has_next
+            ret += gamma ** m * float(np.clip(np.float32(r), -clip, clip))
+            m += 1
+            if term:
+                terminated = True
+                break
+            if not streams[e][w + m][3]:  # a truncated episode's last observation, or the newest one
+                break
+        assert r_got == pytest.approx(ret, rel=1e-5, abs=1e-5)
+        assert d_got == pytest.approx(gamma ** m) and bool(done_got) == terminated
+        assert replay.frames[last_got, 0, 0, 0] == streams[e][w + m][0]
+    batch = replay.sample(16, np.random.default_rng(0), n_step=n, gamma=gamma)
+    if n == 1:
+        assert batch.discounts is None  # the plain 1-step path, unchanged
+    else:
+        assert batch.discounts.shape == (16,) and (batch.discounts <= gamma + 1e-6).all()

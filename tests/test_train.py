@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,9 @@ def test_same_seed_same_episodes(tmp_path):
     assert rows(c) != rows(a)
 
 
-@pytest.mark.parametrize("arch", [{"architecture": "ann"}, {"architecture": "snn"}], ids=["ann", "snn"])
+@pytest.mark.parametrize("arch", [{"architecture": "ann"}, {"architecture": "snn"},
+                                  {"architecture": "ann", "n_step": 3, "prioritized_replay": True}],
+                         ids=["ann", "snn", "ann-n_step-per"])
 def test_straight_run_equals_stop_and_resume(tmp_path, arch):
     straight = tiny(tmp_path, name="straight", total_steps=400, **arch)
     assert train.main(["--config", str(straight), "--new-run"]) == 0
@@ -149,6 +152,18 @@ def test_prioritized_replay_and_reward_clip_train(tmp_path):
     cfg = tiny(tmp_path, prioritized_replay=True, reward_clip=0.5, save_replay=False)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     assert final_weights(cfg)["replay"] is None
+
+
+def test_n_step_returns_train_and_change_the_targets(tmp_path):
+    """n_step 3 trains with finite losses, and it is not the 1-step run under another name."""
+    one = tiny(tmp_path, name="one", total_steps=600)
+    three = tiny(tmp_path, name="three", total_steps=600, n_step=3)
+    for cfg in (one, three):
+        assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(run_dir(three) / "metrics.csv")) if r["loss"]]
+    assert losses and all(np.isfinite(losses))
+    w1, w3 = final_weights(one)["q_network"], final_weights(three)["q_network"]
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
 
 
 def test_sigterm_checkpoints_and_exits_within_seconds(tmp_path):
