@@ -111,6 +111,12 @@ def _keys() -> list[Key]:
           choices=("mean", "last", "max")),
         K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
+        K("n_step", 1, "int", "Rewards summed before bootstrapping (n-step returns; 1 = plain DDQN): the target is "
+          "r_t + γ r_t+1 + … + γ^m Q(s_t+m) with m ≤ n, cut at the episode's end.", low=1, high=20),
+        K("conv_precision", "float32", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
+          "or `bfloat16` (autocast; the layers after it stay float32), ~1.5x faster updates on CPUs with AVX512-BF16 "
+          "and on recent GPUs (docs/benchmarks.md). Not a shape key: it may change on resume.",
+          choices=("float32", "bfloat16")),
         K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
           "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
           pattern=r"[A-Za-z0-9._-]{0,128}"),
@@ -246,6 +252,9 @@ def _check_combinations(values: dict) -> None:
     if values["batch"] > values["replay_size"]:
         raise ConfigError(f"config keys 'batch' ({values['batch']}) and 'replay_size' ({values['replay_size']}) "
                           "contradict: a batch cannot be larger than the replay buffer")
+    if values["conv_precision"] != "float32" and values["architecture"] == "snn" and values["snn_mode"] == "full":
+        raise ConfigError("config key 'conv_precision' applies to the ANN and hybrid SNN encoders; a full SNN's "
+                          "convolutions are spiking layers: use \"float32\" with snn_mode \"full\"")
     if not values["upload_to_cloud"] and not values["local_backup"]:
         raise ConfigError("config keys 'upload_to_cloud' and 'local_backup' are both false: checkpoints would be kept "
                           "nowhere; set one of them to true")

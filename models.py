@@ -131,12 +131,22 @@ def _to_float(obs: torch.Tensor) -> torch.Tensor:
     return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float()
 
 
+def _encode(layers, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Run the conv encoder `layers` on x, under bfloat16 autocast when asked; float32 out either way."""
+    if not bf16:
+        return layers(x)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+        return layers(x).float()
+
+
 class ANNQNetwork(nn.Module):
     """Conv encoder (image input) + ReLU MLP."""
 
-    def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int]):
+    def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int],
+                 conv_bf16: bool = False):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
+        self.conv_bf16 = conv_bf16
         layers: list[nn.Module] = []
         if len(obs_shape) == 3:
             c, h, w = conv_output_shape(obs_shape)
@@ -151,9 +161,14 @@ class ANNQNetwork(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, n_actions))
         self.net = nn.Sequential(*layers)
+        self.encoder_len = 2 * len(CONV_SPEC) + 1 if len(obs_shape) == 3 else 0  # convs, ReLUs, Flatten
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(_to_float(obs))
+        x = _to_float(obs)
+        if not (self.conv_bf16 and self.encoder_len):
+            return self.net(x)
+        x = _encode(self.net[:self.encoder_len], x, True)
+        return self.net[self.encoder_len:](x)
 
 
 class SpikingQNetwork(nn.Module):
@@ -164,8 +179,10 @@ class SpikingQNetwork(nn.Module):
     """
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int], time_steps: int,
-                 beta: float, mode: str = "hybrid", readout: str = "mean", surrogate_name: str = "atan"):
+                 beta: float, mode: str = "hybrid", readout: str = "mean", surrogate_name: str = "atan",
+                 conv_bf16: bool = False):
         super().__init__()
+        self.conv_bf16 = conv_bf16  # hybrid: the ANN encoder under bfloat16 autocast
         if readout not in ("mean", "last", "max"):
             raise ConfigError(f"snn_readout must be mean, last or max, got {readout!r}")
         self.obs_shape = tuple(obs_shape)
@@ -217,7 +234,7 @@ class SpikingQNetwork(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = _to_float(obs)
         if self.encoder is not None:
-            x = self.encoder(x)  # [B, F]: static, so computed once
+            x = _encode(self.encoder, x, self.conv_bf16)  # [B, F]: static, so computed once
         steps = self.time_steps
         batch = x.shape[0]
         record = self.record_firing
@@ -252,10 +269,11 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) not in (1, 3):
         raise ConfigError(f"observation shape {obs_shape} is neither a vector [N] nor a channel-first image [C, H, W]")
+    bf16 = getattr(cfg, "conv_precision", "float32") == "bfloat16"  # files of older versions lack the key
     if cfg.architecture == "ann":
-        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers)
+        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16)
     return SpikingQNetwork(obs_shape, n_actions, cfg.hidden_layers, cfg.snn_tSteps, cfg.snn_beta, cfg.snn_mode,
-                           cfg.snn_readout, cfg.snn_surrogate)
+                           cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16)
 
 
 def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:

@@ -1,6 +1,6 @@
 """Agent steps/s of the real training loop on CarRacing vs the sum of its parts, ANN and hybrid SNN.
 
-    python bench/train_speed.py [--steps 1500] [--warmup 600] [--archs ann,snn]
+    python bench/train_speed.py [--steps 1500] [--warmup 600] [--archs ann,snn] [--set KEY=JSON ...]
 
 The loop is train.Trainer.run (FastCarRacing, frame skip 4, the default config, learning on from
 `--warmup` steps). The parts, measured in the same run on the same trainer: the environment alone
@@ -39,11 +39,11 @@ def median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def measure(arch: str, steps: int, warmup: int, tmp: Path) -> dict:
+def measure(arch: str, steps: int, warmup: int, tmp: Path, extra: dict | None = None) -> dict:
     cfg = config.load_config({"name": f"speed-{arch}", "architecture": arch, "runs_dir": str(tmp),
                              "learning_starts": warmup, "total_steps": warmup + steps, "checkpoint_every": 10**6,
                              "eval_every": 0, "epsilon_start": 0.5, "epsilon_min": 0.5, "save_replay": False,
-                             "replay_size": 20_000})
+                             "replay_size": 20_000, **(extra or {})})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     marks = {}
     original = bout.Progress.update
@@ -88,17 +88,30 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500, help="timed agent steps with learning on")
     p.add_argument("--warmup", type=int, default=600, help="exploration steps before learning (and timing) starts")
     p.add_argument("--archs", default="ann,snn")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help='a config key for every measured run, e.g. --set conv_precision=\"bfloat16\" (repeatable)')
     args = p.parse_args()
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value  # a bare string
+    try:
+        config.load_config(extra)  # a mistyped key or value is one line before anything runs
+    except config.ConfigError as e:
+        p.error(str(e))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):
-            results[arch] = measure(arch, args.steps, args.warmup, Path(tmp))
+            results[arch] = measure(arch, args.steps, args.warmup, Path(tmp), extra)
     print(f"\n{'arch':<6} {'loop steps/s':>13} {'parts steps/s':>14} {'loop/parts':>11} {'env ms':>8} {'act ms':>8} "
           f"{'update ms':>10}")
     for arch, r in results.items():
         print(f"{arch:<6} {r['loop_steps_per_s']:>13.1f} {r['parts_steps_per_s']:>14.1f} {100 * r['loop_over_parts']:>10.1f}% "
               f"{r['env_ms']:>8.2f} {r['act_ms']:>8.2f} {r['update_ms']:>10.1f}")
-    print(json.dumps({"bench": "train_speed", "steps": args.steps,
+    print(json.dumps({"bench": "train_speed", "steps": args.steps, "set": extra,
                       "results": {a: {k: round(v, 3) for k, v in r.items()} for a, r in results.items()}}))
 
 

@@ -154,3 +154,27 @@ def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_sh
     c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16])
     built = sum(p.numel() for p in models.build_q_network(c, obs_shape, 5).parameters())
     assert models.parameter_count(c, obs_shape, 5) == built
+
+
+@pytest.mark.parametrize("arch", ARCHS[:2], ids=ARCH_IDS[:2])
+def test_bfloat16_encoder_is_close_to_float32_with_the_same_weights(arch):
+    """conv_precision bfloat16 changes the encoder's arithmetic only: same parameters and state_dict
+    keys, float32 Q-values within bfloat16's rounding of the float32 ones, gradients reach the convs."""
+    plain, fast = net_for(IMAGE, **arch), net_for(IMAGE, conv_precision="bfloat16", **arch)
+    fast.load_state_dict(plain.state_dict())  # strict: the same keys and shapes
+    obs = batch(IMAGE, b=8)
+    q, q16 = plain(obs), fast(obs)
+    assert q16.dtype == torch.float32 and torch.allclose(q, q16, atol=0.05 * q.abs().max().item() + 1e-3)
+    encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
+    x = models._to_float(obs)
+    features, features16 = encoder(x), models._encode(encoder, x, True)
+    assert features16.dtype == torch.float32 and not torch.equal(features, features16)  # bfloat16 was used
+    assert torch.allclose(features, features16, rtol=0.03, atol=0.03 * features.abs().max().item())
+    q16.sum().backward()
+    first = next(p for p in fast.parameters() if p.dim() > 1)
+    assert first.grad is not None and first.grad.dtype == torch.float32 and first.grad.abs().sum() > 0
+
+
+def test_bfloat16_is_refused_for_a_full_snn():
+    with pytest.raises(ConfigError, match="conv_precision"):
+        cfg(architecture="snn", snn_mode="full", conv_precision="bfloat16")
