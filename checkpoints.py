@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from config import SHAPE_KEYS, ConfigError
+from config import SCHEMA, SHAPE_KEYS, ConfigError
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
@@ -309,9 +309,10 @@ def read_for_user(path: Path) -> dict:
 def check_shape(saved_config: dict, cfg, what: str, hint: str) -> None:
     """ConfigError when a key that changes the network's shape differs between a checkpoint and `cfg`."""
     for key in SHAPE_KEYS:
-        if saved_config.get(key) != getattr(cfg, key):
+        saved = saved_config.get(key, SCHEMA[key].default)  # a key added later: files before it had its default
+        if saved != getattr(cfg, key):
             raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but {what} has "
-                              f"{json.dumps(saved_config.get(key))}, another network shape; {hint}")
+                              f"{json.dumps(saved)}, another network shape; {hint}")
 
 
 # --------------------------------------------------------------------------- weights-only files

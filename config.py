@@ -113,6 +113,8 @@ def _keys() -> list[Key]:
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
         K("n_step", 1, "int", "Rewards summed before bootstrapping (n-step returns; 1 = plain DDQN): the target is "
           "r_t + γ r_t+1 + … + γ^m Q(s_t+m) with m ≤ n, cut at the episode's end.", low=1, high=20),
+        K("dueling", False, "bool", "Dueling head: the output layer gives a value V and advantages A, Q = V + A − mean(A) "
+          "(for the SNN on its membrane readout).", shape=True),
         K("conv_precision", "float32", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
           "or `bfloat16` (autocast; the layers after it stay float32), ~1.5x faster updates on CPUs with AVX512-BF16 "
           "and on recent GPUs (docs/benchmarks.md). Not a shape key: it may change on resume.",

@@ -131,6 +131,14 @@ def _to_float(obs: torch.Tensor) -> torch.Tensor:
     return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float()
 
 
+def _dueling(out: torch.Tensor, dueling: bool) -> torch.Tensor:
+    """Q from a dueling head's [V, A_1..A_n] (Wang et al. 2016: Q = V + A - mean A); else `out` itself."""
+    if not dueling:
+        return out
+    value, adv = out[:, :1], out[:, 1:]
+    return value + adv - adv.mean(1, keepdim=True)
+
+
 def _encode(layers, x: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Run the conv encoder `layers` on x, under bfloat16 autocast when asked; float32 out either way."""
     if not bf16:
@@ -143,10 +151,11 @@ class ANNQNetwork(nn.Module):
     """Conv encoder (image input) + ReLU MLP."""
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int],
-                 conv_bf16: bool = False):
+                 conv_bf16: bool = False, dueling: bool = False):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.conv_bf16 = conv_bf16
+        self.dueling = dueling
         layers: list[nn.Module] = []
         if len(obs_shape) == 3:
             c, h, w = conv_output_shape(obs_shape)
@@ -159,16 +168,16 @@ class ANNQNetwork(nn.Module):
         for hidden in hidden_layers:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers.append(nn.Linear(width, n_actions))
+        layers.append(nn.Linear(width, n_actions + int(dueling)))
         self.net = nn.Sequential(*layers)
         self.encoder_len = 2 * len(CONV_SPEC) + 1 if len(obs_shape) == 3 else 0  # convs, ReLUs, Flatten
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = _to_float(obs)
         if not (self.conv_bf16 and self.encoder_len):
-            return self.net(x)
+            return _dueling(self.net(x), self.dueling)
         x = _encode(self.net[:self.encoder_len], x, True)
-        return self.net[self.encoder_len:](x)
+        return _dueling(self.net[self.encoder_len:](x), self.dueling)
 
 
 class SpikingQNetwork(nn.Module):
@@ -180,9 +189,10 @@ class SpikingQNetwork(nn.Module):
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int], time_steps: int,
                  beta: float, mode: str = "hybrid", readout: str = "mean", surrogate_name: str = "atan",
-                 conv_bf16: bool = False):
+                 conv_bf16: bool = False, dueling: bool = False):
         super().__init__()
         self.conv_bf16 = conv_bf16  # hybrid: the ANN encoder under bfloat16 autocast
+        self.dueling = dueling  # the output membrane reads out [V, A_1..A_n]
         if readout not in ("mean", "last", "max"):
             raise ConfigError(f"snn_readout must be mean, last or max, got {readout!r}")
         self.obs_shape = tuple(obs_shape)
@@ -216,7 +226,7 @@ class SpikingQNetwork(nn.Module):
             layers.append(nn.Sequential(nn.Flatten(), linear) if (i == 0 and mode == "full" and layers) else linear)
             lifs.append(lif())
             width = hidden
-        layers.append(nn.Linear(width, n_actions))
+        layers.append(nn.Linear(width, n_actions + int(dueling)))
         lifs.append(lif(reset_mechanism="none"))
         self.layers = nn.ModuleList(layers)
         self.lifs = nn.ModuleList(lifs)
@@ -259,9 +269,9 @@ class SpikingQNetwork(nn.Module):
         if record:
             self.firing_rates = rates
         if self.readout == "last":
-            return mem
+            return _dueling(mem, self.dueling)
         mem_rec = torch.stack(mems)  # [T, B, A]
-        return mem_rec.mean(0) if self.readout == "mean" else mem_rec.max(0).values
+        return _dueling(mem_rec.mean(0) if self.readout == "mean" else mem_rec.max(0).values, self.dueling)
 
 
 def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
@@ -269,11 +279,11 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) not in (1, 3):
         raise ConfigError(f"observation shape {obs_shape} is neither a vector [N] nor a channel-first image [C, H, W]")
-    bf16 = getattr(cfg, "conv_precision", "float32") == "bfloat16"  # files of older versions lack the key
+    bf16, dueling = cfg.conv_precision == "bfloat16", cfg.dueling
     if cfg.architecture == "ann":
-        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16)
+        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16, dueling=dueling)
     return SpikingQNetwork(obs_shape, n_actions, cfg.hidden_layers, cfg.snn_tSteps, cfg.snn_beta, cfg.snn_mode,
-                           cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16)
+                           cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16, dueling=dueling)
 
 
 def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
@@ -290,7 +300,7 @@ def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
         width = c * h * w
     else:
         width = int(obs_shape[0])
-    for hidden in [*cfg.hidden_layers, n_actions]:
+    for hidden in [*cfg.hidden_layers, n_actions + int(cfg.dueling)]:
         count += width * hidden + hidden
         width = hidden
     return count

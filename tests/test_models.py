@@ -150,8 +150,9 @@ def test_resolve_device():
 
 @pytest.mark.parametrize("arch, mode", [("ann", "hybrid"), ("snn", "hybrid"), ("snn", "full")])
 @pytest.mark.parametrize("obs_shape", [(4, 84, 84), (3, 64, 48), (8,)])
-def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_shape):
-    c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16])
+@pytest.mark.parametrize("dueling", [False, True], ids=["plain", "dueling"])
+def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_shape, dueling):
+    c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16], dueling=dueling)
     built = sum(p.numel() for p in models.build_q_network(c, obs_shape, 5).parameters())
     assert models.parameter_count(c, obs_shape, 5) == built
 
@@ -178,3 +179,31 @@ def test_bfloat16_encoder_is_close_to_float32_with_the_same_weights(arch):
 def test_bfloat16_is_refused_for_a_full_snn():
     with pytest.raises(ConfigError, match="conv_precision"):
         cfg(architecture="snn", snn_mode="full", conv_precision="bfloat16")
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_dueling_head_is_value_plus_centred_advantages(arch):
+    """Q = V + A - mean(A) from the output layer's [V, A] (for the SNN after the membrane readout):
+    equal to the plain network's output recombined, and the advantages' mean is V."""
+    torch.manual_seed(3)
+    net = lively(net_for(VECTOR, n_actions=4, dueling=True, **arch))
+    obs = batch(VECTOR, b=5)
+    q = net(obs)
+    net.dueling = False
+    raw = net(obs)  # [B, 1 + A]: V, A_1..A_4
+    assert raw.shape == (5, 5) and q.shape == (5, 4)
+    v, a = raw[:, :1], raw[:, 1:]
+    assert torch.allclose(q, v + a - a.mean(1, keepdim=True), atol=1e-6)
+    assert torch.allclose(q.mean(1), v.squeeze(1), atol=1e-5)
+    net.dueling = True
+    q.sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_a_checkpoint_without_a_shape_key_added_later_resumes_with_its_default():
+    from checkpoints import check_shape
+
+    saved = {k: v for k, v in cfg().to_dict().items() if k != "dueling"}  # written before the key existed
+    check_shape(saved, cfg(), "the run's checkpoint", "")
+    with pytest.raises(ConfigError, match="'dueling' is true"):
+        check_shape(saved, cfg(dueling=True), "the run's checkpoint", "")

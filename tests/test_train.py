@@ -52,8 +52,8 @@ def test_same_seed_same_episodes(tmp_path):
 
 
 @pytest.mark.parametrize("arch", [{"architecture": "ann"}, {"architecture": "snn"},
-                                  {"architecture": "ann", "n_step": 3, "prioritized_replay": True}],
-                         ids=["ann", "snn", "ann-n_step-per"])
+                                  {"architecture": "ann", "n_step": 3, "prioritized_replay": True, "dueling": True}],
+                         ids=["ann", "snn", "ann-n_step-per-dueling"])
 def test_straight_run_equals_stop_and_resume(tmp_path, arch):
     straight = tiny(tmp_path, name="straight", total_steps=400, **arch)
     assert train.main(["--config", str(straight), "--new-run"]) == 0
