@@ -79,6 +79,15 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     return Agent(name, cfg, lambda env: act, run_dir, path)
 
 
+def distinguish(agents: list[Agent]) -> None:
+    """Agents whose labels coincide (checkpoints of one run) get their file's step or name added."""
+    labels = [a.label for a in agents]
+    for agent in agents:
+        if labels.count(agent.label) > 1 and agent.source is not None:
+            step = checkpoints.step_of(Path(agent.source).name)
+            agent.label = agent.label[:-1] + (f" @ {step})" if step is not None else f", {Path(agent.source).name})")
+
+
 def run_checkpoint(run_dir: Path, best: bool) -> Path:
     """The file of a run to evaluate: best.pt with --best, else the newest loadable checkpoint."""
     if not best:
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             agents.append(load_agent(run_checkpoint(run_dir, args.best), args.device))
         for ckpt in args.checkpoint:  # a path, or hf://owner/name (kept a string: Path would fold the //)
             agents.append(load_agent(ckpt if ckpt.startswith(publish.HF_PREFIX) else Path(ckpt), args.device))
+        distinguish(agents)
         env_id = args.env_id or (agents[0].cfg.env_id if agents else "CarRacing-v3")
         for agent in agents:
             if agent.cfg.env_id != env_id and not (envs.is_carracing(agent.cfg.env_id) and envs.is_carracing(env_id)):

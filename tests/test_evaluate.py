@@ -44,6 +44,8 @@ def test_several_agents_in_one_table(cartpole_run, tmp_path, capsys):
                           "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader((tmp_path / "evaluation.csv").read_text().splitlines()))
     assert len(rows) == 2 and rows[0]["returns"] == rows[1]["returns"]  # the same agent twice, same tracks
+    step = int(ckpt.stem.split("_")[1])
+    assert [r["method"] for r in rows] == [f"ANN-DDQN (ev @ {step})"] * 2  # told apart only where they coincide
 
 
 def test_carracing_baselines_pid_beats_random(tmp_path, capsys):
