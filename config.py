@@ -262,6 +262,20 @@ def _check_combinations(values: dict) -> None:
                           "nowhere; set one of them to true")
 
 
+def overrides(items: list[str]) -> dict[str, Any]:
+    """Config keys from KEY=JSON strings (a bare string value may skip its quotes), checked against
+    the schema; ConfigError names a mistyped key or a bad value."""
+    keys: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            keys[key] = json.loads(value)
+        except json.JSONDecodeError:
+            keys[key] = value
+    load_config(keys)
+    return keys
+
+
 def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> Config:
     """Load, fill defaults, validate and return the config.
 

@@ -91,15 +91,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help='a config key for every measured run, e.g. --set conv_precision=\"bfloat16\" (repeatable)')
     args = p.parse_args()
-    extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value  # a bare string
     try:
-        config.load_config(extra)  # a mistyped key or value is one line before anything runs
+        extra = config.overrides(args.set)  # a mistyped key or value is one line before anything runs
     except config.ConfigError as e:
         p.error(str(e))
     results = {}

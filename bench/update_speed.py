@@ -59,15 +59,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=30, help="timed updates per variant (median reported)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config key for every variant")
     args = p.parse_args()
-    extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
     try:
-        config.load_config(extra)
+        extra = config.overrides(args.set)  # a mistyped key or value is one line before anything runs
     except config.ConfigError as e:
         p.error(str(e))
     rows = []

@@ -153,3 +153,10 @@ def test_keys_added_since_a_checkpoint_are_not_listed_as_changes():
     old = {"batch": 64, "gamma": 0.99}
     new = {"batch": 32, "gamma": 0.99, "wandb_project": ""}
     assert utils.describe_changes(old, new) == ["batch: 64 -> 32"]
+
+
+def test_key_value_overrides_for_the_benchmarks():
+    assert config.overrides(['conv_precision="bfloat16"', "n_step=3", "conv_precision=bfloat16"]) == \
+        {"conv_precision": "bfloat16", "n_step": 3}
+    with pytest.raises(ConfigError, match="did you mean 'n_step'"):
+        config.overrides(["n_stp=3"])
