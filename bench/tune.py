@@ -49,6 +49,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "stack2": ("frame_stack 2", {"frame_stack": 2}),
     "snn-mean": ("SNN hybrid T=25, readout mean", {"architecture": "snn", "snn_readout": "mean"}),
     "snn-last": ("SNN hybrid T=25, readout last", {"architecture": "snn", "snn_readout": "last"}),
+    "bf16": ("conv_precision bfloat16", {"conv_precision": "bfloat16"}),
+    "bf16-seed1": ("conv_precision bfloat16, seed 1", {"conv_precision": "bfloat16", "seed": 1}),
+    "nstep3": ("n_step 3", {"n_step": 3}),
+    "nstep3-seed1": ("n_step 3, seed 1", {"n_step": 3, "seed": 1}),
+    "dueling": ("dueling head", {"dueling": True}),
+    "dueling-seed1": ("dueling head, seed 1", {"dueling": True, "seed": 1}),
+    "gamma0.995": ("gamma 0.995", {"gamma": 0.995}),
+    "gamma0.995-seed1": ("gamma 0.995, seed 1", {"gamma": 0.995, "seed": 1}),
 }
 
 
