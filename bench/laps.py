@@ -20,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import carracing_fast  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
 
@@ -34,7 +35,7 @@ def laps(path: Path, episodes: int, seed: int) -> dict:
             u = env.unwrapped
             finished = u.tile_visited_count == len(u.track) or u.new_lap
             rows.append({"return": ret, "visited": u.tile_visited_count / len(u.track), "lap": bool(finished),
-                         "frames": int(round(u.t * envs.cr.FPS)) - 1})  # reset() runs one physics frame
+                         "frames": int(round(u.t * carracing_fast.cr.FPS)) - 1})  # reset() runs one physics frame
     finally:
         env.close()
     visited = np.array([r["visited"] for r in rows])
