@@ -168,6 +168,10 @@ class ReplaySegments:
         state["segments"] = [dict(seg) for seg in self.segments]
         return state
 
+    def reset(self) -> None:
+        """Nothing saved yet: the next capture writes every frame the replay holds."""
+        self.segments, self.marks = [], None
+
     def restore(self, replay, state: dict) -> None:
         """Load a replay state (segment data attached by `load_newest`, or frames inline from older versions)."""
         replay.load_state_dict(state)
@@ -177,7 +181,7 @@ class ReplaySegments:
         if "segments" in state:
             self.segments, self.marks = [dict(seg) for seg in state["segments"]], replay.written.copy()
         else:  # frames were inline: the next checkpoint saves them all once
-            self.segments, self.marks = [], None
+            self.reset()
 
 
 def read_segments(ckpt_dir: Path, replay_state: dict) -> list[bytes]:
@@ -189,9 +193,9 @@ def read_segments(ckpt_dir: Path, replay_state: dict) -> list[bytes]:
         try:
             data = path.read_bytes()
         except OSError:
-            raise ValueError(f"its replay segment {seg['name']} is missing") from None
+            raise ValueError(f"replay segment {seg['name']} is missing") from None
         if len(data) != seg["bytes"] or hashlib.sha256(data).hexdigest() != seg["sha256"]:
-            raise ValueError(f"its replay segment {seg['name']} is damaged (sha256 mismatch)")
+            raise ValueError(f"replay segment {seg['name']} is damaged (sha256 mismatch)")
         out.append(data)
     return out
 
@@ -281,7 +285,7 @@ def load_newest(ckpt_dir: Path, map_location="cpu", log: Callable[[str], None] =
             try:
                 state["segment_data"] = read_segments(ckpt_dir, state)
             except ValueError as e:
-                log(f"warning: checkpoint {path.name}: {e}; falling back to the previous one")
+                log(f"warning: checkpoint {path.name}: its {e}; falling back to the previous one")
                 if without_replay is None:
                     ckpt["replay"] = {"missing": str(e)}
                     without_replay = (path, ckpt)
@@ -424,14 +428,14 @@ def restore(t, ckpt: dict) -> tuple[str, dict | None]:
     if ckpt["replay"] is None:
         replay_note = "no replay in the checkpoint (save_replay was false); starting with an empty one"
     elif "missing" in ckpt["replay"]:
-        replay_note = f"replay not restored (the checkpoint's {ckpt['replay']['missing'][4:]}); starting with an empty one"
+        replay_note = f"replay not restored (the checkpoint's {ckpt['replay']['missing']}); starting with an empty one"
     else:
         replay_note = "replay restored"
         try:
             t.replay_segments.restore(t.replay, ckpt["replay"])
         except (ValueError, KeyError, zlib.error) as e:
             t.replay.clear()
-            t.replay_segments.segments, t.replay_segments.marks = [], None
+            t.replay_segments.reset()
             replay_note = f"replay not restored ({e}); starting with an empty one"
     env = ckpt["env"]
     if env["snapshot"] is None or t.cfg.agents != len(env["obs"]):

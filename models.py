@@ -171,13 +171,15 @@ class ANNQNetwork(nn.Module):
         layers.append(nn.Linear(width, n_actions + int(dueling)))
         self.net = nn.Sequential(*layers)
         self.encoder_len = 2 * len(CONV_SPEC) + 1 if len(obs_shape) == 3 else 0  # convs, ReLUs, Flatten
+        # views of the same layers for the bfloat16 encoder, sliced once (a tuple: not registered again)
+        self._split = (self.net[:self.encoder_len], self.net[self.encoder_len:])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = _to_float(obs)
         if not (self.conv_bf16 and self.encoder_len):
             return _dueling(self.net(x), self.dueling)
-        x = _encode(self.net[:self.encoder_len], x, True)
-        return _dueling(self.net[self.encoder_len:](x), self.dueling)
+        encoder, head = self._split
+        return _dueling(head(_encode(encoder, x, True)), self.dueling)
 
 
 class SpikingQNetwork(nn.Module):
