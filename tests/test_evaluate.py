@@ -48,6 +48,16 @@ def test_several_agents_in_one_table(cartpole_run, tmp_path, capsys):
     assert [r["method"] for r in rows] == [f"ANN-DDQN (ev @ {step})"] * 2  # told apart only where they coincide
 
 
+def test_files_of_one_name_in_two_folders_are_told_apart(cartpole_run, tmp_path, capsys):
+    for folder in ("a", "b"):
+        evaluate.main(["--checkpoint", str(sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1]),
+                       "--export", str(tmp_path / folder / "final.pt"), "--no-table"])
+    assert evaluate.main(["--checkpoint", str(tmp_path / "a" / "final.pt"), "--checkpoint",
+                          str(tmp_path / "b" / "final.pt"), "--episodes", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "evaluation.csv").read_text().splitlines()))
+    assert [r["method"] for r in rows] == ["ANN-DDQN (final, final.pt in a)", "ANN-DDQN (final, final.pt in b)"]
+
+
 def test_carracing_baselines_pid_beats_random(tmp_path, capsys):
     assert evaluate.main(["--baseline", "random", "--baseline", "pid", "--episodes", "1", "--out", str(tmp_path)]) == 0
     rows = {r["method"]: float(r["average"]) for r in csv.DictReader((tmp_path / "evaluation.csv").open())}
