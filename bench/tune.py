@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dueling-seed1": ("dueling head, seed 1", {"dueling": True, "seed": 1}),
     "gamma0.995": ("gamma 0.995", {"gamma": 0.995}),
     "gamma0.995-seed1": ("gamma 0.995, seed 1", {"gamma": 0.995, "seed": 1}),
+    "train-every8": ("an update every 8 agent steps (half the updates)", {"train_every": 8}),
+    "train-every8-seed1": ("an update every 8 agent steps, seed 1", {"train_every": 8, "seed": 1}),
 }
 
 
@@ -68,6 +70,8 @@ def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
     start = time.perf_counter()
     trainer.run()
     train_s = time.perf_counter() - start
+    if trainer.global_step < steps:  # SIGTERM/Ctrl-C stop the bout: the sweep stops, nothing half-trained recorded
+        raise SystemExit(f"tune: variant {name} stopped at {trainer.global_step} of {steps} agent steps; not recorded")
     with open(cfg.run_dir() / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     last = [float(r["return"]) for r in rows[-50:]]
