@@ -117,7 +117,7 @@ def _keys() -> list[Key]:
           "(for the SNN on its membrane readout).", shape=True),
         K("conv_precision", "float32", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
           "or `bfloat16` (autocast; the layers after it stay float32), ~1.5x faster updates on CPUs with AVX512-BF16 "
-          "and on recent GPUs (docs/benchmarks.md). Not a shape key: it may change on resume.",
+          "(on an H200 no faster, docs/benchmarks.md). Not a shape key: it may change on resume.",
           choices=("float32", "bfloat16")),
         K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
           "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
