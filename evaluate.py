@@ -80,25 +80,20 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
 
 
 def distinguish(agents: list[Agent]) -> None:
-    """Agents whose labels coincide (checkpoints of one run) get their file's step or name added."""
-    for detail, files_differ in ((_step_or_name, False), (_folder_and_name, True)):
-        # then files of one name in two folders get the folder (one file given twice keeps one label)
-        seen: dict[str, list] = {}
-        for a in agents:
-            seen.setdefault(a.label, []).append(None if a.source is None else Path(a.source).resolve())
-        for agent in agents:
-            same = seen[agent.label]
-            if agent.source is not None and len(set(same) if files_differ else same) > 1:
-                agent.label = agent.label[:-1] + detail(Path(agent.source)) + ")"
-
-
-def _step_or_name(path: Path) -> str:
-    step = checkpoints.step_of(path.name)
-    return f" @ {step}" if step is not None else f", {path.name}"
-
-
-def _folder_and_name(path: Path) -> str:
-    return f" in {path.parent.name}"
+    """Agents whose labels coincide (checkpoints of one run) get their file's step or name added; files
+    of one name in two folders then get the folder too (one file given twice keeps one label)."""
+    labels = [a.label for a in agents]
+    for agent in agents:
+        if labels.count(agent.label) > 1 and agent.source is not None:
+            step = checkpoints.step_of(Path(agent.source).name)
+            agent.label = agent.label[:-1] + (f" @ {step})" if step is not None else f", {Path(agent.source).name})")
+    files: dict[str, set[Path]] = {}
+    for a in agents:
+        if a.source is not None:
+            files.setdefault(a.label, set()).add(Path(a.source).resolve())
+    for agent in agents:
+        if agent.source is not None and len(files[agent.label]) > 1:
+            agent.label = agent.label[:-1] + f" in {Path(agent.source).parent.name})"
 
 
 def run_checkpoint(run_dir: Path, best: bool) -> Path:
