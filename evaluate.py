@@ -43,8 +43,9 @@ class Agent:
 
 
 # --------------------------------------------------------------------------- agents
-def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Agent:
-    """A greedy agent from a training checkpoint or a shipped `pretrained/*.pt` file."""
+def load_network(path: Path, device: str = "auto"):
+    """(config, Q-network in eval mode on its device, local path) of a training checkpoint, a shipped
+    `pretrained/*.pt` file or an `hf://` model; the config has lenient termination off."""
     import torch
 
     import models
@@ -56,14 +57,22 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     else:
         ckpt = checkpoints.read_for_user(path)
     cfg = load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
-    dev = models.resolve_device(cfg.device)
     net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
     try:
         net.load_state_dict(ckpt["q_network"])
     except RuntimeError:
         raise ConfigError(f"checkpoint {path} does not match the {cfg.architecture} network its config describes "
                           "(architecture or sizes differ)") from None
-    net.to(dev).eval()
+    return cfg, net.to(models.resolve_device(cfg.device)).eval(), Path(path)
+
+
+def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Agent:
+    """A greedy agent from a training checkpoint or a shipped `pretrained/*.pt` file."""
+    import torch
+
+    spec = str(path)
+    cfg, net, path = load_network(path, device)
+    dev = next(net.parameters()).device
 
     def act(obs):
         with torch.no_grad():

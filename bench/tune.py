@@ -59,6 +59,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gamma0.995-seed1": ("gamma 0.995, seed 1", {"gamma": 0.995, "seed": 1}),
     "train-every8": ("an update every 8 agent steps (half the updates)", {"train_every": 8}),
     "train-every8-seed1": ("an update every 8 agent steps, seed 1", {"train_every": 8, "seed": 1}),
+    "train-every8-bf16": ("half the updates and a bfloat16 encoder", {"train_every": 8, "conv_precision": "bfloat16"}),
+    "train-every8-bf16-seed1": ("half the updates and a bfloat16 encoder, seed 1",
+                                {"train_every": 8, "conv_precision": "bfloat16", "seed": 1}),
+    "snn-mean-seed1": ("SNN hybrid T=25, readout mean, seed 1", {"architecture": "snn", "snn_readout": "mean", "seed": 1}),
+    "snn-soft-tau": ("SNN hybrid T=25, soft target tau 0.005 every step",
+                     {"architecture": "snn", "snn_readout": "mean", "target_update_every": 1, "target_tau": 0.005}),
+    "snn-soft-tau-seed1": ("SNN hybrid T=25, soft target tau 0.005 every step, seed 1",
+                           {"architecture": "snn", "snn_readout": "mean", "target_update_every": 1, "target_tau": 0.005,
+                            "seed": 1}),
 }
 
 
