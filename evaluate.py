@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
 
         if args.export:
-            sources = [run_checkpoint(Path(r), args.best) for r in args.run] + [Path(c) for c in args.checkpoint]
+            # the runs' files as just resolved (not looked up again); an hf:// spec is no local file and fails
+            sources = [a.source for a in agents[:len(args.run)]] + [Path(c) for c in args.checkpoint]
             if not sources:
                 raise ConfigError("--export needs a --run or --checkpoint")
             out = checkpoints.export_weights(sources[0], Path(args.export))
