@@ -95,6 +95,8 @@ def _keys() -> list[Key]:
           "(CarRacing's bottom 12 rows are the HUD).", length=4, shape=True),
         K("lenient_termination", 25, "int", "End an episode after this many consecutive agent steps without reward progress; "
           "0 = off.", low=0),
+        K("skip_penalty", 0.0, "float", "Reward subtracted for every CarRacing track tile the car passes without "
+          "touching it (a corner cut: the lap can no longer end early); 0 = off.", low=0),
         K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree)."),
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
         K("per_beta", 0.4, "float", "Initial importance-sampling exponent (annealed to 1 over the run).", low=0, high=1),
@@ -133,6 +135,9 @@ def _keys() -> list[Key]:
 
 
 SCHEMA: dict[str, Key] = {k.name: k for k in _keys()}
+# The training aids, off: evaluations play the environment's own episodes and rewards.
+EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
+CARRACING_IDS = ("CarRacing-v3", "FastCarRacing-v3")
 SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)
 
 
@@ -158,6 +163,10 @@ def _config_methods():
         """A new validated config with some keys changed."""
         return load_config({**self.to_dict(), **changes})
 
+    def for_evaluation(self) -> "Config":
+        """The config with the training aids off: how agents are judged."""
+        return self.replace(**EVALUATION)
+
     def run_name(self) -> str:
         return f"{self.name}-{self.extra_info}" if self.extra_info else self.name
 
@@ -171,6 +180,7 @@ def _config_methods():
     props = {
         "to_dict": to_dict,
         "replace": replace,
+        "for_evaluation": for_evaluation,
         "run_name": property(run_name),
         "run_dir": run_dir,
         "time_steps": property(lambda self: self.snn_tSteps),
@@ -257,6 +267,9 @@ def _check_combinations(values: dict) -> None:
     if values["conv_precision"] != "float32" and values["architecture"] == "snn" and values["snn_mode"] == "full":
         raise ConfigError("config key 'conv_precision' applies to the ANN and hybrid SNN encoders; a full SNN's "
                           "convolutions are spiking layers: use \"float32\" with snn_mode \"full\"")
+    if values["skip_penalty"] and values["env_id"] not in CARRACING_IDS:
+        raise ConfigError(f"config key 'skip_penalty' counts CarRacing track tiles; {values['env_id']} has none: "
+                          "set it to 0")
     if not values["upload_to_cloud"] and not values["local_backup"]:
         raise ConfigError("config keys 'upload_to_cloud' and 'local_backup' are both false: checkpoints would be kept "
                           "nowhere; set one of them to true")

@@ -5,8 +5,8 @@
     python run.py evaluate.py [-- OPTIONS]    (no --run/--checkpoint/--baseline: the configured run)
 
 Every method plays the same seeds (seed, seed+1, ...), so agents are judged on the same tracks.
-Episodes are the environment's full episodes: lenient termination, a training aid, is switched off
-unless --lenient is given. The table (method, average, max, min, std, win rate, mean length) is
+Episodes are the environment's full episodes with its own rewards: the training aids (lenient
+termination, the skip penalty) are switched off unless --lenient is given. The table (method, average, max, min, std, win rate, mean length) is
 printed and written as evaluation.md and evaluation.csv into the run folder (or --out).
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Agent:
 # --------------------------------------------------------------------------- agents
 def load_network(path: Path, device: str = "auto"):
     """(config, Q-network in eval mode on its device, local path) of a training checkpoint, a shipped
-    `pretrained/*.pt` file or an `hf://` model; the config has lenient termination off."""
+    `pretrained/*.pt` file or an `hf://` model; the config is the one it was trained with
+    (`cfg.for_evaluation()` has the training aids off)."""
     import torch
 
     import models
@@ -56,7 +57,7 @@ def load_network(path: Path, device: str = "auto"):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a downloaded file never runs pickled code
     else:
         ckpt = checkpoints.read_for_user(path)
-    cfg = load_config({**ckpt["config"], "device": device, "lenient_termination": 0})
+    cfg = load_config({**ckpt["config"], "device": device})
     net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
     try:
         net.load_state_dict(ckpt["q_network"])
@@ -198,7 +199,7 @@ def _pid_action(env, state: dict, p: dict) -> int:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progress=None) -> dict:
-    cfg = agent.cfg if lenient else agent.cfg.replace(lenient_termination=0)
+    cfg = agent.cfg if lenient else agent.cfg.for_evaluation()
     env = envs.make_env(cfg)
     returns, lengths = [], []
     try:
@@ -257,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
     p.add_argument("--env-id", default=None, help="environment for baselines (default CarRacing-v3); checkpoints "
                    "must have been trained on it")
-    p.add_argument("--lenient", action="store_true", help="keep the agents' lenient termination (off by default)")
+    p.add_argument("--lenient", action="store_true",
+                   help="keep the agents' training aids: lenient termination and skip penalty (off by default)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for evaluation.md/.csv (default: the run folder)")
     p.add_argument("--gif", metavar="PATH", help="record the first method's first episode as an animated GIF")
     p.add_argument("--plot", metavar="PNG", help="training curves of the --run folders in one PNG")
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.gif = str(publish.temporary_gif())
         if args.gif:
             first = agents[0]
-            ret, steps = envs.record_gif(first.cfg.replace(lenient_termination=0), first.policy, args.gif,
+            ret, steps = envs.record_gif(first.cfg.for_evaluation(), first.policy, args.gif,
                                          seed=args.seed)
             print(f"gif: {args.gif} ({steps} steps, return {ret:.1f})")
         if args.no_table:
@@ -375,7 +377,7 @@ def play(agent: Agent) -> int:
     if not (headless or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
             or sys.platform in ("win32", "darwin")):
         raise ConfigError("--play needs a display (none found: DISPLAY is not set); use --gif to record instead")
-    env = envs.make_env(agent.cfg.replace(lenient_termination=0), render_mode="human")
+    env = envs.make_env(agent.cfg.for_evaluation(), render_mode="human")
     try:
         ret, steps = envs.play_episode(env, agent.policy(env), seed=0)
     finally:

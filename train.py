@@ -316,7 +316,7 @@ class Trainer:
 def held_out_evaluation(t: Trainer, episodes: int) -> float:
     """Mean return of full greedy episodes (no lenient termination) on held-out tracks, the same
     every time; the best so far is kept as best.pt (weights + config, the --export format)."""
-    env = envs.make_env(t.cfg.replace(lenient_termination=0))
+    env = envs.make_env(t.cfg.for_evaluation())
     try:
         returns = [envs.play_episode(env, t.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
     finally:
@@ -418,7 +418,7 @@ def connect_hub(cfg, run_dir: Path, fetch: bool):
 def record_gif(t: Trainer) -> None:
     """A GIF of one greedy full episode into the run's videos/ (record_every)."""
     gif = t.run_dir / "videos" / f"episode_{t.episode:06d}.gif"
-    ret, _ = envs.record_gif(t.cfg.replace(lenient_termination=0), lambda env: t.greedy, gif, seed=EVAL_SEED)
+    ret, _ = envs.record_gif(t.cfg.for_evaluation(), lambda env: t.greedy, gif, seed=EVAL_SEED)
     log(kv_line("recorded", path=f"videos/{gif.name}", greedy_return=round(ret, 2)))
 
 

@@ -1,6 +1,7 @@
 """envs.py: FastCarRacing is identical to stock CarRacing; frame skip, preprocessing, stacking, lenient
 termination, vector-env autoreset and make_env for other environments."""
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -399,3 +400,66 @@ def test_rendering_survives_pygame_quit_from_another_env():
     assert np.array_equal(second.reset(seed=2)[0], stock.reset(seed=2)[0])
     for _ in range(30):  # the score changes: new texts are rendered
         assert np.array_equal(second.step(3)[0], stock.step(3)[0])
+
+
+def _touch(env, *tiles):
+    """Mark track tiles as touched the way the contact listener does (without their reward)."""
+    u = env.unwrapped
+    for i in tiles:
+        u.road[i].road_visited = True
+    u.tile_visited_count = sum(t.road_visited for t in u.road)
+
+
+def test_skip_penalty_charges_the_tiles_a_cut_jumps_over():
+    env = envs.make_env(load_config({"skip_penalty": 2.0, "lenient_termination": 0}))
+    twin = envs.make_env(load_config({"lenient_termination": 0}))  # the same drive without the penalty
+    assert isinstance(env, envs.SkipPenalty) and not isinstance(twin, envs.SkipPenalty)
+
+    def step(*tiles):
+        for e in (env, twin):
+            _touch(e, *tiles)
+        _, r, *_, info = env.step(0)
+        return r - twin.step(0)[1], info
+
+    for e in (env, twin):
+        e.reset(seed=0)
+    assert env.front == 1  # the car starts on tiles 0 and 1
+    n = len(env.unwrapped.road)
+    diff, info = step(*range(2, 11), 14)  # 11-13 jumped over: a corner cut
+    assert info["skipped_tiles"] == 3 and diff == pytest.approx(-3 * 2.0) and env.front == 14
+    diff, info = step(15, 16)  # on along the track: no charge
+    assert "skipped_tiles" not in info and diff == 0 and env.front == 16
+    diff, info = step(12, n - 3, 16 + 31)  # going back, far behind the start, or further than the window
+    assert "skipped_tiles" not in info and diff == 0 and env.front == 16
+    env.reset(seed=0)
+    assert env.front == 1 and env.seen.sum() == 2
+
+
+def test_skip_penalty_counts_what_a_real_drive_skipped():
+    # the shipped agent on a held-out track (it cut corners there: 12 tiles when this was written): the
+    # wrapper's count equals the untouched tiles short of the end of the track when the episode ends (a
+    # run up to the last tile is tiles not reached, not skipped), and the return differs by its charge
+    import evaluate
+
+    agent = evaluate.load_agent(Path(__file__).resolve().parents[1] / "pretrained" / "snn_hybrid_ddqn.pt", device="cpu")
+    env = envs.make_env(agent.cfg.replace(skip_penalty=1.5, lenient_termination=0))
+    obs, _ = env.reset(seed=1003)
+    act, total, skipped, done = agent.policy(env), 0.0, 0, False
+    while not done:
+        obs, r, term, trunc, info = env.step(act(obs))
+        total, skipped, done = total + r, skipped + info.get("skipped_tiles", 0), term or trunc
+    u = env.unwrapped
+    missed, end = sorted(t.idx for t in u.road if not t.road_visited), len(u.road) - 1
+    while missed and missed[-1] == end:
+        missed.pop()
+        end -= 1
+    assert skipped == len(missed)
+    assert total == pytest.approx(u.reward - 1.5 * skipped)  # u.reward: the environment's own return
+
+
+def test_evaluation_config_has_no_training_aids():
+    cfg = load_config({"skip_penalty": 2.0, "lenient_termination": 25})
+    env = envs.make_env(cfg.for_evaluation())
+    assert not isinstance(env, (envs.SkipPenalty, envs.LenientTermination))
+    with pytest.raises(ConfigError, match="skip_penalty"):
+        load_config({"env_id": "CartPole-v1", "skip_penalty": 1.0})

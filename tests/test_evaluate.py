@@ -191,3 +191,19 @@ def test_pid_starts_every_episode_afresh(capsys, tmp_path):
     a = evaluate.evaluate_agent(agent, 1, 3, lenient=False)
     b = evaluate.evaluate_agent(agent, 1, 3, lenient=False)
     assert a["returns"] == b["returns"]
+
+
+def test_lenient_keeps_the_training_aids_and_the_default_drops_them(tmp_path, capsys):
+    # a random driver earns nothing for long stretches: the default's lenient termination (25 idle steps)
+    # ends its episode early with --lenient, and the table's full episode runs to the time limit without
+    lengths = []
+    for extra in ([], ["--lenient"]):
+        assert evaluate.main(["--baseline", "random", "--episodes", "1", "--out", str(tmp_path), *extra]) == 0
+        lengths.append(float(next(csv.DictReader((tmp_path / "evaluation.csv").open()))["mean_length"]))
+    assert lengths[0] == 250 and lengths[1] < 250
+
+
+def test_a_loaded_agent_keeps_its_training_config(cartpole_run):
+    # --lenient can only keep what the agent was trained with: loading must not drop it (it once did)
+    agent = evaluate.load_agent(sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1], device="cpu")
+    assert agent.cfg.lenient_termination == 25 and agent.cfg.for_evaluation().lenient_termination == 0
