@@ -6,8 +6,9 @@
 
 Every method plays the same seeds (seed, seed+1, ...), so agents are judged on the same tracks.
 Episodes are the environment's full episodes with its own rewards: the training aids (lenient
-termination, the skip penalty) are switched off unless --lenient is given. The table (method, average, max, min, std, win rate, mean length) is
-printed and written as evaluation.md and evaluation.csv into the run folder (or --out).
+termination, the skip penalty) are switched off unless --lenient is given. The table (method, average,
+max, min, std, win rate, mean length) is printed and written as evaluation.md and evaluation.csv into the
+run folder (or --out).
 """
 from __future__ import annotations
 

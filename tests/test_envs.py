@@ -436,9 +436,10 @@ def test_skip_penalty_charges_the_tiles_a_cut_jumps_over():
 
 
 def test_skip_penalty_counts_what_a_real_drive_skipped():
-    # the shipped agent on a held-out track (it cut corners there: 12 tiles when this was written): the
-    # wrapper's count equals the untouched tiles short of the end of the track when the episode ends (a
-    # run up to the last tile is tiles not reached, not skipped), and the return differs by its charge
+    # the shipped agent on a held-out track where it cuts a corner (tiles 284-285 of 300 with the 900.13
+    # file; a new file that no longer cuts there needs another seed): the wrapper's count equals the
+    # untouched tiles short of the end of the track when the episode ends (a run up to the last tile is
+    # tiles not reached, not skipped), and the return differs by its charge
     import evaluate
 
     agent = evaluate.load_agent(Path(__file__).resolve().parents[1] / "pretrained" / "snn_hybrid_ddqn.pt", device="cpu")
@@ -453,7 +454,7 @@ def test_skip_penalty_counts_what_a_real_drive_skipped():
     while missed and missed[-1] == end:
         missed.pop()
         end -= 1
-    assert skipped == len(missed)
+    assert skipped == len(missed) > 0
     assert total == pytest.approx(u.reward - 1.5 * skipped)  # u.reward: the environment's own return
 
 
