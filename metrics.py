@@ -16,7 +16,7 @@ def config_table(values: Mapping[str, Any]) -> str:
 
 
 METRIC_FIELDS = ["episode", "global_step", "return", "length", "epsilon", "win", "loss", "sps", "wall_time",
-                 "eval_return"]
+                 "eval_return", "skipped_tiles"]
 
 
 class MetricsLog:
@@ -25,6 +25,7 @@ class MetricsLog:
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, cfg=None):
         self.path = Path(run_dir) / "metrics.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.widen_header()
         self.writer = None
         if tensorboard:
             try:
@@ -34,6 +35,18 @@ class MetricsLog:
             except Exception:  # tensorboard not installed: CSV only
                 self.writer = None
         self.wandb = start_wandb(cfg, Path(run_dir)) if cfg is not None and cfg.wandb_project else None
+
+    def widen_header(self) -> None:
+        """A metrics.csv written before columns were added (resumed by newer code) gets today's header;
+        its old rows stay as they are, their missing trailing cells read as empty."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        text = self.path.read_text(encoding="utf-8")
+        header, sep, rest = text.partition("\n")
+        old = header.strip().split(",")
+        if old != METRIC_FIELDS and old == METRIC_FIELDS[:len(old)]:
+            end = "\r" if header.endswith("\r") else ""  # csv writes \r\n
+            atomic_write_bytes(self.path, (",".join(METRIC_FIELDS) + end + sep + rest).encode())
 
     def truncate_to(self, episodes: int, archive_dir: Path) -> dict | None:
         """Cut the rows past `episodes` (written after the checkpoint being resumed). They are never
@@ -170,6 +183,7 @@ def training_figure(runs: Mapping[str, str | os.PathLike], win_threshold: float 
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one episode axis for every panel
     (ax_ret, ax_eps), (ax_loss, ax_win) = axes
+    ax_skip = None  # right axis of the ε panel, made when a run logged skipped tiles (skip_penalty on)
     for label, path in runs.items():
         m = read_metrics(path)
         if not m.get("episode"):
@@ -181,13 +195,21 @@ def training_figure(runs: Mapping[str, str | os.PathLike], win_threshold: float 
         if ev:
             ax_ret.plot(*zip(*ev), "o", color=line.get_color(), markersize=3, label=f"{label} eval")
         ax_eps.plot(ep, m["epsilon"], label=label)
+        skip = [(e, v) for e, v in zip(ep, m.get("skipped_tiles", [])) if not math.isnan(v)]
+        if skip:
+            ax_skip = ax_skip or ax_eps.twinx()
+            xs, ys = zip(*skip)
+            ax_skip.plot(xs, rolling_mean(ys), "--", color=line.get_color(), label=f"{label} skipped tiles")
+            ax_skip.set_ylabel("skipped tiles per episode (100-ep mean, dashed)")
         loss = [(e, v) for e, v in zip(ep, m.get("loss", [])) if not math.isnan(v)]
         if loss:
             ax_loss.plot(*zip(*loss), label=label)
         ax_win.plot(ep, [100 * w for w in rolling_mean(m["win"])], label=label)
     if win_threshold is not None:
         ax_ret.axhline(win_threshold, color="gray", linestyle="--", linewidth=1, label="win threshold")
-    for ax, title in ((ax_ret, "episodic return"), (ax_eps, "ε"), (ax_loss, "TD loss (episode mean)"),
+    if ax_skip is not None:
+        ax_skip.legend(fontsize=8, loc="lower left")
+    for ax, title in ((ax_ret, "episodic return"), (ax_eps, "ε" if ax_skip is None else "ε; skipped tiles (dashed)"), (ax_loss, "TD loss (episode mean)"),
                       (ax_win, "wins in the last 100 episodes (%)")):
         ax.set_title(title)
         ax.set_xlabel("episode")

@@ -78,6 +78,7 @@ class Trainer:
         self.recent_returns: deque = deque(maxlen=100)
         self.episode_return = np.zeros(cfg.agents)
         self.episode_length = np.zeros(cfg.agents, dtype=np.int64)
+        self.episode_skipped = np.zeros(cfg.agents, dtype=np.int64)  # tiles cut (skip_penalty on)
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
         self.last_eval: float | None = None
@@ -186,14 +187,18 @@ class Trainer:
         row = {"episode": self.episode, "global_step": self.global_step, "return": round(ret, 4),
                "length": int(self.episode_length[env]), "epsilon": round(self.epsilon, 6), "win": int(win),
                "loss": None if loss is None else round(loss, 6), "sps": round(sps, 2),
-               "wall_time": round(time.time(), 2), "eval_return": eval_return}
+               "wall_time": round(time.time(), 2), "eval_return": eval_return,
+               "skipped_tiles": int(self.episode_skipped[env]) if cfg.skip_penalty else None}
         self.metrics.row(row)
         self.metrics.episode_scalars(self.global_step, ret, row["length"], self.epsilon,
                                      100.0 * sum(self.recent_wins) / 100, sps, loss, eval_return)
+        if cfg.skip_penalty:
+            self.metrics.scalar("charts/skipped_tiles", row["skipped_tiles"], self.global_step)
         if cfg.debug:
             log_debug(self, env)
         self.episode_return[env] = 0.0
         self.episode_length[env] = 0
+        self.episode_skipped[env] = 0
         apply_win_rule(self)
         if self.episode % cfg.checkpoint_every == 0:
             self.checkpoint_due = True  # written at the end of the step, when the state is whole
@@ -281,7 +286,9 @@ class Trainer:
         """One step of every environment, the transitions stored, then the updates they pay for."""
         cfg = self.cfg
         actions = self.act(self.obs)
-        next_obs, rewards, terms, truncs, _ = self.vec.step(actions)
+        next_obs, rewards, terms, truncs, infos = self.vec.step(actions)
+        if "skipped_tiles" in infos:  # SkipPenalty charged some env this step
+            self.episode_skipped += np.where(infos["_skipped_tiles"], infos["skipped_tiles"], 0)
         real = 0
         for e in range(cfg.agents):
             if self.autoreset[e]:  # this step only reset env e: not a transition

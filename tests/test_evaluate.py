@@ -108,6 +108,26 @@ def test_plot_panels_share_the_episode_axis_and_say_when_empty(tmp_path):
     plt.close(fig)
 
 
+def test_an_older_metrics_csv_gets_the_new_columns_and_a_skipped_tiles_curve(tmp_path):
+    import matplotlib.pyplot as plt
+
+    import metrics
+
+    old = "episode,global_step,return,length,epsilon,win,loss,sps,wall_time,eval_return"
+    (tmp_path / "metrics.csv").write_text(old + "\r\n" + "1,250,600.5,250,0.05,0,0.1,40,0,\r\n")
+    log = metrics.MetricsLog(tmp_path, tensorboard=False)  # a resume by code that logs skipped tiles
+    log.row({"episode": 2, "global_step": 500, "return": 700.0, "length": 250, "epsilon": 0.05, "win": 0,
+             "skipped_tiles": 4})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == ",".join(metrics.METRIC_FIELDS) and lines[1] == "1,250,600.5,250,0.05,0,0.1,40,0,"
+    m = metrics.read_metrics(tmp_path / "metrics.csv")
+    assert m["return"] == [600.5, 700.0] and m["skipped_tiles"][1] == 4 and m["skipped_tiles"][0] != m["skipped_tiles"][0]
+    fig = metrics.training_figure({"run": tmp_path / "metrics.csv"})
+    skip_axis = fig.axes[-1]  # the ε panel's right axis
+    assert [line.get_ydata().tolist() for line in skip_axis.lines] == [[4.0]]
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--run", "/no/such/run"], "does not exist"),
     (["--checkpoint", "/no/such.pt"], "does not exist"),

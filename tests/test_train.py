@@ -359,3 +359,32 @@ def test_weights_and_biases_not_installed_is_one_line(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install wandb" in err[0]
     assert not (run_dir(cfg) / "metrics.csv").exists()
+
+
+def test_skipped_tiles_are_logged_per_episode(tmp_path):
+    # no checkpoint field: the skip penalty is CarRacing's, whose episodes restart on resume (Box2D)
+    from config import load_config
+
+    cfg = load_config(tiny(tmp_path, env_id="CarRacing-v3", skip_penalty=2.0, lenient_termination=3, obs_size=40,
+                           obs_crop=[0, 0, 0, 0], hidden_layers=[16], learning_starts=10**6, replay_size=500))
+    t = train.Trainer(cfg, cfg.run_dir(REPO), new_run=True)
+    u = t.vec.envs[0].unwrapped
+    for i in (*range(2, 11), 14):  # a corner cut the way the contact listener marks tiles: 11-13 jumped over
+        u.road[i].road_visited = True
+    u.tile_visited_count = sum(tile.road_visited for tile in u.road)
+    t.step(0.0)
+    assert t.episode_skipped[0] == 3
+    for _ in range(300):  # lenient termination (3 steps without progress) ends the episode soon
+        if t.episode:
+            break
+        t.step(0.0)
+    t.metrics.close()
+    with open(cfg.run_dir(REPO) / "metrics.csv") as f:
+        first = next(csv.DictReader(f))
+    assert int(first["skipped_tiles"]) >= 3 and t.episode_skipped[0] == 0
+
+
+def test_metrics_without_the_skip_penalty_leave_the_column_empty(tmp_path):
+    cfg = tiny(tmp_path, total_steps=120)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert rows(cfg) and all(r["skipped_tiles"] == "" for r in rows(cfg))
