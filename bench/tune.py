@@ -71,6 +71,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "snn-soft-tau-seed1": ("SNN hybrid T=25, soft target tau 0.005 every step, seed 1",
                            {"architecture": "snn", "snn_readout": "mean", "target_update_every": 1, "target_tau": 0.005,
                             "seed": 1}),
+    "snn-train-every8-bf16": ("SNN hybrid T=25, half the updates and a bfloat16 encoder",
+                              {"architecture": "snn", "snn_readout": "mean", "train_every": 8, "conv_precision": "bfloat16"}),
+    "snn-train-every8-bf16-seed1": ("SNN hybrid T=25, half the updates and a bfloat16 encoder, seed 1",
+                                    {"architecture": "snn", "snn_readout": "mean", "train_every": 8,
+                                     "conv_precision": "bfloat16", "seed": 1}),
 }
 
 
