@@ -209,7 +209,8 @@ def training_figure(runs: Mapping[str, str | os.PathLike], win_threshold: float 
         ax_ret.axhline(win_threshold, color="gray", linestyle="--", linewidth=1, label="win threshold")
     if ax_skip is not None:
         ax_skip.legend(fontsize=8, loc="lower left")
-    for ax, title in ((ax_ret, "episodic return"), (ax_eps, "ε" if ax_skip is None else "ε; skipped tiles (dashed)"), (ax_loss, "TD loss (episode mean)"),
+    eps_title = "ε" if ax_skip is None else "ε; skipped tiles (dashed)"
+    for ax, title in ((ax_ret, "episodic return"), (ax_eps, eps_title), (ax_loss, "TD loss (episode mean)"),
                       (ax_win, "wins in the last 100 episodes (%)")):
         ax.set_title(title)
         ax.set_xlabel("episode")
