@@ -11,6 +11,7 @@ from gymnasium.envs.box2d.car_racing import PLAYFIELD, CarRacing
 import carracing_fast
 import envs
 from config import ConfigError, load_config
+from conftest import touch_tiles
 
 
 # --------------------------------------------------------------------------- policies
@@ -402,14 +403,6 @@ def test_rendering_survives_pygame_quit_from_another_env():
         assert np.array_equal(second.step(3)[0], stock.step(3)[0])
 
 
-def _touch(env, *tiles):
-    """Mark track tiles as touched the way the contact listener does (without their reward)."""
-    u = env.unwrapped
-    for i in tiles:
-        u.road[i].road_visited = True
-    u.tile_visited_count = sum(t.road_visited for t in u.road)
-
-
 def test_skip_penalty_charges_the_tiles_a_cut_jumps_over():
     env = envs.make_env(load_config({"skip_penalty": 2.0, "lenient_termination": 0}))
     twin = envs.make_env(load_config({"lenient_termination": 0}))  # the same drive without the penalty
@@ -417,7 +410,7 @@ def test_skip_penalty_charges_the_tiles_a_cut_jumps_over():
 
     def step(*tiles):
         for e in (env, twin):
-            _touch(e, *tiles)
+            touch_tiles(e, *tiles)
         _, r, *_, info = env.step(0)
         return r - twin.step(0)[1], info
 

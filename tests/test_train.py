@@ -15,7 +15,7 @@ import bout
 import checkpoints
 import train
 import utils
-from conftest import REPO, run_dir_of, write_config
+from conftest import REPO, run_dir_of, touch_tiles, write_config
 
 
 
@@ -368,10 +368,7 @@ def test_skipped_tiles_are_logged_per_episode(tmp_path):
     cfg = load_config(tiny(tmp_path, env_id="CarRacing-v3", skip_penalty=2.0, lenient_termination=3, obs_size=40,
                            obs_crop=[0, 0, 0, 0], hidden_layers=[16], learning_starts=10**6, replay_size=500))
     t = train.Trainer(cfg, cfg.run_dir(REPO), new_run=True)
-    u = t.vec.envs[0].unwrapped
-    for i in (*range(2, 11), 14):  # a corner cut the way the contact listener marks tiles: 11-13 jumped over
-        u.road[i].road_visited = True
-    u.tile_visited_count = sum(tile.road_visited for tile in u.road)
+    touch_tiles(t.vec.envs[0], *range(2, 11), 14)  # a corner cut: 11-13 jumped over
     t.step(0.0)
     assert t.episode_skipped[0] == 3
     for _ in range(300):  # lenient termination (3 steps without progress) ends the episode soon
@@ -379,6 +376,8 @@ def test_skipped_tiles_are_logged_per_episode(tmp_path):
             break
         t.step(0.0)
     t.metrics.close()
+    t.vec.close()
+    assert t.episode == 1
     with open(cfg.run_dir(REPO) / "metrics.csv") as f:
         first = next(csv.DictReader(f))
     assert int(first["skipped_tiles"]) >= 3 and t.episode_skipped[0] == 0
