@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+import models
 import utils
 from config import ConfigError
 from utils import kv_line
@@ -61,7 +62,8 @@ class Bout:
             signal.signal(s, self._on_signal)
         log(kv_line("start", run=cfg.run_name, architecture=cfg.architecture,
                     snn_mode=cfg.snn_mode if cfg.architecture == "snn" else "-", env=cfg.env_id, agents=cfg.agents,
-                    device=t.device, obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
+                    device=t.device, encoder=models.encoder_precision(cfg, t.obs_shape), train_every=cfg.train_every,
+                    obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
                     global_step=t.global_step, episode=t.episode, bout_seconds=round(self.seconds)))
         self._status(False, "training")
         log(f"run folder: {t.run_dir}  |  curves: tensorboard --logdir {t.run_dir / 'tensorboard'}  "

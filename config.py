@@ -82,7 +82,8 @@ def _keys() -> list[Key]:
         K("snn_mode", "hybrid", "str", "`hybrid`: ANN conv encoder + spiking FC layers; `full`: every layer spiking.",
           choices=("hybrid", "full"), shape=True),
         # ---- keys named by this project
-        K("train_every", 4, "int", "Agent steps between updates.", low=1),
+        K("train_every", 8, "int", "Agent steps between updates (8: half the updates of the usual 4, as fast to learn per "
+          "agent step in short runs, docs/benchmarks.md).", low=1),
         K("target_update_every", 1000, "int", "Agent steps between target-network updates.", low=1),
         K("target_tau", 1.0, "float", "Target update weight: 1 copies the online network, < 1 is a soft (Polyak) update.",
           low=0, low_open=True, high=1),
@@ -117,10 +118,11 @@ def _keys() -> list[Key]:
           "r_t + γ r_t+1 + … + γ^m Q(s_t+m) with m ≤ n, cut at the episode's end.", low=1, high=20),
         K("dueling", False, "bool", "Dueling head: the output layer gives a value V and advantages A, Q = V + A − mean(A) "
           "(for the SNN on its membrane readout).", shape=True),
-        K("conv_precision", "float32", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
-          "or `bfloat16` (autocast; the layers after it stay float32), ~1.5x faster updates on CPUs with AVX512-BF16 "
-          "(on an H200 no faster, docs/benchmarks.md). Not a shape key: it may change on resume.",
-          choices=("float32", "bfloat16")),
+        K("conv_precision", "auto", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
+          "`bfloat16` (autocast; the layers after it stay float32; ~1.5x faster updates on CPUs with AVX512-BF16 or "
+          "AMX, on an H200 no faster, docs/benchmarks.md), or `auto`: bfloat16 on a CPU that has it, float32 on "
+          "other CPUs, on CUDA and for a full SNN. Not a shape key: it may change on resume.",
+          choices=("auto", "float32", "bfloat16")),
         K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
           "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
           pattern=r"[A-Za-z0-9._-]{0,128}"),
@@ -137,6 +139,10 @@ def _keys() -> list[Key]:
 SCHEMA: dict[str, Key] = {k.name: k for k in _keys()}
 # The training aids, off: evaluations play the environment's own episodes and rewards.
 EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
+# Stored configs (checkpoints, exported agents) written before a key existed were trained with these
+# values, where today's default differs: such a file plays as it was trained (a float32-trained policy
+# is not indifferent to a bfloat16 encoder, docs/tuning.md).
+PREDATING: dict[str, Any] = {"conv_precision": "float32"}
 CARRACING_IDS = ("CarRacing-v3", "FastCarRacing-v3")
 SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)
 
@@ -264,7 +270,7 @@ def _check_combinations(values: dict) -> None:
     if values["batch"] > values["replay_size"]:
         raise ConfigError(f"config keys 'batch' ({values['batch']}) and 'replay_size' ({values['replay_size']}) "
                           "contradict: a batch cannot be larger than the replay buffer")
-    if values["conv_precision"] != "float32" and values["architecture"] == "snn" and values["snn_mode"] == "full":
+    if values["conv_precision"] == "bfloat16" and values["architecture"] == "snn" and values["snn_mode"] == "full":
         raise ConfigError("config key 'conv_precision' applies to the ANN and hybrid SNN encoders; a full SNN's "
                           "convolutions are spiking layers: use \"float32\" with snn_mode \"full\"")
     if values["skip_penalty"] and values["env_id"] not in CARRACING_IDS:

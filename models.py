@@ -107,6 +107,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 itself (AVX512-BF16 or AMX). Elsewhere bfloat16 convolutions
+    are emulated and can be slower than float32."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(probe is not None and probe() for probe in probes)
+    except RuntimeError:  # a torch built without the CPU capability checks
+        return False
+
+
+def encoder_precision(cfg, obs_shape: Sequence[int]) -> str:
+    """What `conv_precision` means for this network on this machine: "bfloat16" or "float32". `auto`
+    takes bfloat16 only where it is faster: a convolutional encoder (image input; ANN or hybrid SNN)
+    on a CPU with native bfloat16 (on CUDA it was measured no faster)."""
+    if cfg.conv_precision != "auto":
+        return cfg.conv_precision
+    has_encoder = len(obs_shape) == 3 and not (cfg.architecture == "snn" and cfg.snn_mode == "full")
+    on_cpu = resolve_device(cfg.device).type == "cpu"
+    return "bfloat16" if has_encoder and on_cpu and native_bfloat16() else "float32"
+
+
 def conv_output_shape(obs_shape: Sequence[int]) -> tuple[int, int, int]:
     """Shape `[C, H, W]` after the encoder; ConfigError when the image is too small."""
     _, h, w = obs_shape
@@ -281,7 +302,7 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) not in (1, 3):
         raise ConfigError(f"observation shape {obs_shape} is neither a vector [N] nor a channel-first image [C, H, W]")
-    bf16, dueling = cfg.conv_precision == "bfloat16", cfg.dueling
+    bf16, dueling = encoder_precision(cfg, obs_shape) == "bfloat16", cfg.dueling
     if cfg.architecture == "ann":
         return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16, dueling=dueling)
     return SpikingQNetwork(obs_shape, n_actions, cfg.hidden_layers, cfg.snn_tSteps, cfg.snn_beta, cfg.snn_mode,

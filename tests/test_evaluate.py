@@ -227,3 +227,21 @@ def test_a_loaded_agent_keeps_its_training_config(cartpole_run):
     # --lenient can only keep what the agent was trained with: loading must not drop it (it once did)
     agent = evaluate.load_agent(sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1], device="cpu")
     assert agent.cfg.lenient_termination == 25 and agent.cfg.for_evaluation().lenient_termination == 0
+
+
+@pytest.mark.parametrize("stored", [None, "float32", "auto"])
+def test_a_stored_agent_plays_with_the_encoder_it_was_trained_with(tmp_path, stored):
+    """A file written before conv_precision existed was trained in float32 and plays so, whatever
+    today's default; a file that says `auto` resolves on the machine that plays it."""
+    import torch
+
+    import models
+
+    weights = torch.load(REPO / "pretrained" / "ann_ddqn.pt", weights_only=True)
+    weights["config"].pop("conv_precision")
+    if stored is not None:
+        weights["config"]["conv_precision"] = stored
+    torch.save(weights, tmp_path / "agent.pt")
+    cfg, net, _ = evaluate.load_network(tmp_path / "agent.pt", device="cpu")
+    bf16 = stored == "auto" and models.native_bfloat16()
+    assert cfg.conv_precision == (stored or "float32") and net.conv_bf16 == bf16

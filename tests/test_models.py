@@ -1,5 +1,6 @@
 """models.py: shapes, gradients, fast spiking path == naive snnTorch loop, state isolation, round trips."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ VECTOR = (8,)
 
 
 def cfg(**kw):
-    return load_config({"hidden_layers": [32, 16], "snn_tSteps": 5, **kw})
+    return load_config({"hidden_layers": [32, 16], "snn_tSteps": 5, "conv_precision": "float32", **kw})
 
 
 def net_for(obs_shape, n_actions=3, seed=0, **kw):
@@ -179,6 +180,30 @@ def test_bfloat16_encoder_is_close_to_float32_with_the_same_weights(arch):
 def test_bfloat16_is_refused_for_a_full_snn():
     with pytest.raises(ConfigError, match="conv_precision"):
         cfg(architecture="snn", snn_mode="full", conv_precision="bfloat16")
+
+
+def test_native_bfloat16_agrees_with_the_cpu_flags():
+    flags = Path("/proc/cpuinfo")
+    if not flags.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    words = set(flags.read_text().split())
+    assert models.native_bfloat16() == bool(words & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+@pytest.mark.parametrize("arch, mode", [("ann", "hybrid"), ("snn", "hybrid"), ("snn", "full")])
+@pytest.mark.parametrize("obs_shape", [IMAGE, (8,)], ids=["image", "vector"])
+def test_auto_precision_takes_bfloat16_only_for_an_encoder_on_a_cpu_that_has_it(arch, mode, obs_shape):
+    """The default `auto` never refuses (a full SNN falls back to float32) and picks what the network
+    is then built with; explicit values pass through."""
+    c = cfg(architecture=arch, snn_mode=mode, conv_precision="auto", device="cpu")
+    encoder = len(obs_shape) == 3 and mode == "hybrid"
+    want = "bfloat16" if encoder and models.native_bfloat16() else "float32"
+    assert models.encoder_precision(c, obs_shape) == want
+    assert models.build_q_network(c, obs_shape, 3).conv_bf16 == (want == "bfloat16")
+    assert models.encoder_precision(cfg(architecture=arch, snn_mode=mode, conv_precision="float32"), obs_shape) == \
+        "float32"
+    if mode == "hybrid":
+        assert models.encoder_precision(cfg(architecture=arch, conv_precision="bfloat16"), obs_shape) == "bfloat16"
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
