@@ -83,6 +83,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                              {"train_every": 8, "conv_precision": "bfloat16", "target_update_every": n,
                                               **({"seed": seed} if seed else {})})
        for n in (500, 2000) for seed, sfx in ((0, ""), (1, "-seed1"))},
+    # prioritized replay at a longer budget (run with --steps 100000, against train-every8-bf16 at the same steps)
+    "train-every8-bf16-per": ("half the updates, bfloat16 encoder, prioritized replay",
+                              {"train_every": 8, "conv_precision": "bfloat16", "prioritized_replay": True}),
+    "train-every8-bf16-per-seed1": ("half the updates, bfloat16 encoder, prioritized replay, seed 1",
+                                    {"train_every": 8, "conv_precision": "bfloat16", "prioritized_replay": True,
+                                     "seed": 1}),
 }
 
 
