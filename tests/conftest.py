@@ -25,7 +25,6 @@ def run_dir_of(cfg_path: Path) -> Path:
     return load_config(cfg_path).run_dir(REPO)
 
 
-
 def touch_tiles(env, *tiles):
     """Mark CarRacing track tiles as touched the way the contact listener does (without their reward)."""
     u = env.unwrapped
