@@ -245,3 +245,30 @@ def test_a_stored_agent_plays_with_the_encoder_it_was_trained_with(tmp_path, sto
     cfg, net, _ = evaluate.load_network(tmp_path / "agent.pt", device="cpu")
     bf16 = stored == "auto" and models.native_bfloat16()
     assert cfg.conv_precision == (stored or "float32") and net.conv_bf16 == bf16
+
+
+def test_averaged_weights_are_the_mean_and_play_like_any_file(cartpole_run, tmp_path, capsys):
+    import sys
+
+    import torch
+
+    import checkpoints
+    sys.path.insert(0, str(REPO / "bench"))
+    import average
+
+    ckpt = checkpoints.read_for_user(sorted((cartpole_run / "checkpoints").glob("*.pt"))[-1])
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    checkpoints.write_best(a, ckpt, None)
+    checkpoints.write_best(b, {**ckpt, "q_network": {k: v + 1 for k, v in ckpt["q_network"].items()}}, None)
+    out = tmp_path / "avg.pt"
+    assert average.main([str(a), str(b), "--out", str(out)]) == 0
+    mean = torch.load(out, weights_only=True)
+    for name, tensor in ckpt["q_network"].items():
+        assert torch.allclose(mean["q_network"][name], tensor + 0.5)
+    assert mean["trained"]["averaged"] == [str(a), str(b)]
+    assert evaluate.main(["--checkpoint", str(out), "--episodes", "2", "--out", str(tmp_path / "t")]) == 0
+    other = tmp_path / "other.pt"
+    checkpoints.write_best(other, {**ckpt, "config": {**ckpt["config"], "hidden_layers": [8]}}, None)
+    capsys.readouterr()
+    assert average.main([str(a), str(other), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "hidden_layers" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
