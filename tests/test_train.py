@@ -101,6 +101,24 @@ def test_shape_change_on_resume_is_a_config_error(tmp_path, capsys):
     assert "learning_rate: 0.001 -> 0.0005" in line and "batch: 16 -> 8" in line and "total_steps" in line
 
 
+def test_a_key_the_checkpoint_predates_is_listed_when_it_changes_behaviour(tmp_path, capsys, monkeypatch):
+    capture = checkpoints.capture
+
+    def before_the_key(t, snapshot):  # a checkpoint written before conv_precision existed
+        ckpt = capture(t, snapshot)
+        ckpt["config"].pop("conv_precision")
+        return ckpt
+
+    monkeypatch.setattr(checkpoints, "capture", before_the_key)
+    cfg = tiny(tmp_path, total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert train.main(["--config", str(tiny(tmp_path, total_steps=200))]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config changes on resume"))
+    assert 'conv_precision: "float32" -> "auto"' in line
+
+
 def test_new_run_archives_the_previous_run(tmp_path):
     cfg = tiny(tmp_path, total_steps=100)
     train.main(["--config", str(cfg), "--new-run"])
