@@ -82,8 +82,8 @@ def _keys() -> list[Key]:
         K("snn_mode", "hybrid", "str", "`hybrid`: ANN conv encoder + spiking FC layers; `full`: every layer spiking.",
           choices=("hybrid", "full"), shape=True),
         # ---- keys named by this project
-        K("train_every", 8, "int", "Agent steps between updates (8: half the updates of the usual 4, as fast to learn per "
-          "agent step in short runs, docs/benchmarks.md).", low=1),
+        K("train_every", 4, "int", "Agent steps between updates (8 halves the updates and nearly doubles the loop's speed, "
+          "but learned less per wall-clock second in runs of 100k-230k agent steps, docs/tuning.md).", low=1),
         K("target_update_every", 1000, "int", "Agent steps between target-network updates.", low=1),
         K("target_tau", 1.0, "float", "Target update weight: 1 copies the online network, < 1 is a soft (Polyak) update.",
           low=0, low_open=True, high=1),
