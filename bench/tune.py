@@ -7,7 +7,8 @@ Every variant trains from scratch with train.Trainer (the real loop) for `--step
 then plays `--episodes` greedy full episodes (no lenient termination) on fixed seeds 100, 101, ...
 (tracks kept apart from the 0-49 of the published table). One JSON line per finished variant is
 appended to `--out`, so a killed sweep goes on where it stopped (finished variants are skipped);
-several sweeps may run side by side on one file (each re-reads it before a variant). At the end a
+several sweeps may run side by side on one file (each re-reads it before a variant). `--keep-metrics DIR`
+keeps each variant's training curve (its metrics.csv) when the temporary run folder goes. At the end a
 markdown table of every recorded variant is printed and a bar chart written (`--plot`). `--list`
 shows the variants.
 """
@@ -17,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -92,7 +94,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
+def run_variant(name: str, steps: int, episodes: int, runs_dir: Path, keep: Path | None = None) -> dict:
     label, overrides = VARIANTS[name]
     cfg = config.load_config({**BASE, **overrides, "name": f"tune-{name}", "runs_dir": str(runs_dir),
                              "total_steps": steps})
@@ -104,6 +106,9 @@ def run_variant(name: str, steps: int, episodes: int, runs_dir: Path) -> dict:
         raise SystemExit(f"tune: variant {name} stopped at {trainer.global_step} of {steps} agent steps; not recorded")
     with open(cfg.run_dir() / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
+    if keep is not None:  # the training curve outlives the temporary run folder
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cfg.run_dir() / "metrics.csv", keep / f"{name}-{steps}.csv")
     last = [float(r["return"]) for r in rows[-50:]]
     agent = evaluate.Agent(name, cfg, lambda env: trainer.greedy)
     ev = evaluate.evaluate_agent(agent, episodes, seed=100, lenient=False)
@@ -173,6 +178,8 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="train nothing: print the table and write the plot "
                    "of what --out holds for --steps")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "tuning.png", help="bar chart written at the end")
+    p.add_argument("--keep-metrics", type=Path, metavar="DIR", help="copy each finished variant's metrics.csv to "
+                   "DIR/<variant>-<steps>.csv (plot them with metrics.plot_runs); the runs themselves are temporary")
     args = p.parse_args()
     if args.list:
         for name, (label, overrides) in VARIANTS.items():
@@ -189,7 +196,7 @@ def main() -> None:
                 if any(r["variant"] == name for r in recorded(args.out, args.steps)):
                     print(f"{name}: already recorded in {args.out}, skipped", file=sys.stderr)
                     continue
-                result = run_variant(name, args.steps, args.episodes, Path(tmp))
+                result = run_variant(name, args.steps, args.episodes, Path(tmp), args.keep_metrics)
                 print(json.dumps(result), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 with open(args.out, "a") as f:
