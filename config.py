@@ -143,6 +143,12 @@ EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
 # values, where today's default differs: such a file plays as it was trained (a float32-trained policy
 # is not indifferent to a bfloat16 encoder, docs/tuning.md).
 PREDATING: dict[str, Any] = {"conv_precision": "float32"}
+
+
+def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys it predates filled in as it was trained (PREDATING)."""
+    return {**PREDATING, **saved}
+
 CARRACING_IDS = ("CarRacing-v3", "FastCarRacing-v3")
 SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)
 

@@ -28,7 +28,7 @@ import envs
 import metrics
 import publish
 import utils
-from config import PREDATING, ConfigError, load_config, one_line_cli_errors
+from config import ConfigError, as_trained, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
 LAUNCHER_CONFIG_ENV = "SNNDQN_CONFIG"  # set by run.py for the scripts it starts: the resolved config's path
@@ -58,7 +58,7 @@ def load_network(path: Path, device: str = "auto"):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a downloaded file never runs pickled code
     else:
         ckpt = checkpoints.read_for_user(path)
-    cfg = load_config({**PREDATING, **ckpt["config"], "device": device})
+    cfg = load_config({**as_trained(ckpt["config"]), "device": device})
     net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
     try:
         net.load_state_dict(ckpt["q_network"])

@@ -28,7 +28,7 @@ import metrics
 import models
 import runlock
 import utils
-from config import PREDATING, ConfigError, check_upload_settings, load_config, one_line_cli_errors
+from config import ConfigError, as_trained, check_upload_settings, load_config, one_line_cli_errors
 from replay import ReplayBuffer
 from bout import log
 from utils import kv_line
@@ -249,8 +249,8 @@ class Trainer:
                 f"after it); they were moved to {cut['path']}")
         log(kv_line("resumed", checkpoint=path.name, global_step=self.global_step, episode=self.episode,
                     epsilon=round(self.epsilon, 4), note=f"{replay_note}; {env_note}"))
-        # a checkpoint written before a key existed ran with what PREDATING says (conv_precision: float32)
-        changes = utils.describe_changes({**PREDATING, **ckpt["config"]}, self.cfg.to_dict(), ignore=("continue_run",))
+        # a key the checkpoint predates counts as changed where the run behaved otherwise without it
+        changes = utils.describe_changes(as_trained(ckpt["config"]), self.cfg.to_dict(), ignore=("continue_run",))
         if changes:
             log("config changes on resume: " + "; ".join(changes))
         self._rebase_best()

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import checkpoints  # noqa: E402
-from config import ConfigError, load_config  # noqa: E402
+from config import ConfigError, as_trained, load_config  # noqa: E402
 
 
 def average(paths: list[Path]) -> dict:
@@ -30,7 +30,7 @@ def average(paths: list[Path]) -> dict:
         raise ConfigError("give at least two checkpoints to average")
     ckpts = [checkpoints.read_for_user(p) for p in paths]
     last = ckpts[-1]
-    cfg = load_config({**last["config"], "continue_run": False})
+    cfg = load_config(as_trained(last["config"]))
     for path, ckpt in zip(paths, ckpts):
         checkpoints.check_shape(ckpt["config"], cfg, str(path), "average checkpoints of one network only")
         if ckpt["q_network"].keys() != last["q_network"].keys() or any(
