@@ -91,8 +91,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # bfloat16 encoder of the default config; compare with bf16 / bf16-seed1 at the same --steps
     **{f"bf16-obs64{sfx}": ("conv_precision bfloat16, obs_size 64" + (f", seed {seed}" if seed else ""),
                             {"conv_precision": "bfloat16", "obs_size": 64, **({"seed": seed} if seed else {})})
-       for seed, sfx in ((0, ""), (1, "-seed1"), (2, "-seed2"))},
-    "bf16-seed2": ("conv_precision bfloat16, seed 2", {"conv_precision": "bfloat16", "seed": 2}),
+       for seed, sfx in ((0, ""), (1, "-seed1"))},
     # the same for the hybrid SNN (compare with snn-mean / snn-mean-seed1 at the same --steps)
     **{f"snn-bf16-obs64{sfx}": ("SNN hybrid T=25, readout mean, bfloat16 encoder, obs_size 64"
                                 + (f", seed {seed}" if seed else ""),

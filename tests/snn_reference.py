@@ -1,4 +1,4 @@
-"""The naive snnTorch step-by-step loop: the reference the fast spiking path must equal.
+"""The naive snnTorch step-by-step loop: the reference whose spikes the fast spiking path must fire.
 
 Every step runs the whole network on the static input, calling each `snn.Leaky` module with its
 explicit membrane state, exactly as in the snnTorch tutorials. Used by the tests and by
