@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+import models
 from config import SCHEMA, SHAPE_KEYS, ConfigError
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
@@ -355,7 +356,13 @@ def read_init_weights(cfg, root: Path) -> dict:
     except ConfigError as e:
         raise ConfigError(f"config key 'init_weights': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
                           "random weights") from None
-    check_shape(ckpt["config"], cfg, f"the init_weights file {path}", "use the same network shape")
+    saved = ckpt["config"]
+    # a plain Q head may start a dueling one (models.plain_to_dueling: the same Q); not the reverse
+    to_dueling = cfg.dueling and not saved.get("dueling", False)
+    check_shape({**saved, "dueling": True} if to_dueling else saved, cfg, f"the init_weights file {path}",
+                "use the same network shape")
+    if to_dueling:
+        ckpt = {**ckpt, "q_network": models.plain_to_dueling(ckpt["q_network"], ckpt["n_actions"])}
     return ckpt
 
 

@@ -131,7 +131,8 @@ def _keys() -> list[Key]:
         K("wandb_mode", "online", "str", "`online`, `offline` (written under the run folder, `wandb sync` later) or "
           "`disabled`.", choices=("online", "offline", "disabled")),
         K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file or a checkpoint "
-          "(its online network is copied into both networks; the shape keys must match). Empty = random "
+          "(its online network is copied into both networks; the shape keys must match, but a plain head may "
+          "start a dueling one with the same Q). Empty = random "
           "initialisation. A resumed run keeps its own weights."),
     ]
 

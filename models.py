@@ -309,6 +309,23 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
                            cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16, dueling=dueling)
 
 
+def plain_to_dueling(state: dict, n_actions: int) -> dict:
+    """The weights of a network with a plain Q head, for the same network with a dueling head that
+    computes the same Q: the advantage rows are the plain head's rows and the value row is their mean,
+    which the head subtracts again (Q = V + A − mean A). Exact for both architectures: the spiking
+    output layer integrates its current linearly. The output layer is the last 2-D weight of the state
+    (the neurons' decay and threshold that follow it in a spiking network are scalars)."""
+    weight = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 2][-1]
+    bias = weight[:-len("weight")] + "bias"
+    if state[weight].shape[0] != n_actions:
+        raise ConfigError(f"the output layer {weight} has {state[weight].shape[0]} rows, not one per action "
+                          f"({n_actions}); is it already a dueling head?")
+    out = dict(state)
+    for key in (weight, bias):
+        out[key] = torch.cat([state[key].mean(0, keepdim=True), state[key]])
+    return out
+
+
 def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
     """Trainable parameters of `build_q_network(cfg, obs_shape, n_actions)`, computed from the shapes
     alone so that a config too large for memory can be refused before anything is allocated. The ANN

@@ -250,6 +250,29 @@ def test_dueling_head_is_value_plus_centred_advantages(arch):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("arch,obs_shape", [({"architecture": "ann"}, IMAGE), ({"architecture": "ann"}, VECTOR),
+                                            ({"architecture": "snn", "snn_mode": "hybrid"}, IMAGE),
+                                            ({"architecture": "snn", "snn_mode": "full"}, VECTOR)])
+def test_plain_head_weights_start_a_dueling_head_with_the_same_q(arch, obs_shape):
+    """init_weights from a plain head into a dueling one: every action's Q is kept (the value row is
+    the mean of the action rows, which the head subtracts again), and the head then trains as a
+    dueling head (V and A get gradients of their own)."""
+    plain = lively(net_for(obs_shape, n_actions=4, seed=5, **arch))
+    dueling = net_for(obs_shape, n_actions=4, seed=6, dueling=True, **arch)
+    dueling.load_state_dict(models.plain_to_dueling(plain.state_dict(), 4))
+    obs = batch(obs_shape, b=6)
+    with torch.no_grad():
+        want, got = plain(obs), dueling(obs)
+    assert got.shape == want.shape == (6, 4)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert not torch.equal(got, net_for(obs_shape, n_actions=4, seed=6, dueling=True, **arch)(obs))
+    dueling(obs).sum().backward()
+    out = [p for p in dueling.parameters() if p.dim() == 2][-1]
+    assert out.shape[0] == 5 and out.grad[0].abs().sum() > 0  # the value row learns
+    with pytest.raises(ConfigError, match="already a dueling head"):
+        models.plain_to_dueling(dueling.state_dict(), 4)
+
+
 def test_a_checkpoint_without_a_shape_key_added_later_resumes_with_its_default():
     from checkpoints import check_shape
 

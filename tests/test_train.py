@@ -13,8 +13,10 @@ import torch
 
 import bout
 import checkpoints
+import models
 import train
 import utils
+from config import load_config
 from conftest import REPO, run_dir_of, touch_tiles, write_config
 
 
@@ -284,6 +286,27 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
         assert len(err) == 1 and "init_weights" in err[0]
     assert [p.read_bytes() for p in sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))] == before
     assert not (run_dir(warm) / "archive").exists()
+
+
+def test_init_weights_from_a_plain_head_starts_a_dueling_run_with_the_same_q(tmp_path, capsys):
+    donor = tiny(tmp_path, name="donor", total_steps=200)
+    assert train.main(["--config", str(donor), "--new-run"]) == 0
+    src = sorted((run_dir(donor) / "checkpoints").glob("ckpt_*.pt"))[-1]
+    warm = tiny(tmp_path, name="duel", total_steps=1, learning_starts=1000, init_weights=str(src), dueling=True)
+    assert train.main(["--config", str(warm), "--new-run"]) == 0
+    assert "head=plain->dueling" in capsys.readouterr().out
+    cfg_d, cfg_p = load_config(warm), load_config(donor)
+    plain, duel = (models.build_q_network(c, (4,), 2) for c in (cfg_p, cfg_d))
+    plain.load_state_dict(final_weights(donor)["q_network"])
+    duel.load_state_dict(final_weights(warm)["q_network"])
+    obs = torch.randn(16, 4)
+    with torch.no_grad():
+        assert torch.allclose(duel(obs), plain(obs), atol=1e-5)
+    # the reverse (a dueling file into a plain head) is still another network shape: one line, exit 2
+    back = tiny(tmp_path, name="back", init_weights=str(sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))[-1]))
+    assert train.main(["--config", str(back), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'dueling'" in err[0] and "init_weights" in err[0]
 
 
 def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
