@@ -347,7 +347,8 @@ def write_best(dest: Path, ckpt: dict, evaluation: dict | None) -> None:
 
 def read_init_weights(cfg, root: Path) -> dict:
     """The checkpoint named by `init_weights` (relative to the working folder or `root`), checked
-    against the config's network shape."""
+    against the config's network shape; a plain head converted for a dueling config says so in
+    `converted`."""
     path = Path(cfg.init_weights)
     if not path.is_absolute() and not path.exists():
         path = Path(root) / path
@@ -362,7 +363,8 @@ def read_init_weights(cfg, root: Path) -> dict:
     check_shape({**saved, "dueling": True} if to_dueling else saved, cfg, f"the init_weights file {path}",
                 "use the same network shape")
     if to_dueling:
-        ckpt = {**ckpt, "q_network": models.plain_to_dueling(ckpt["q_network"], ckpt["n_actions"])}
+        ckpt = {**ckpt, "q_network": models.plain_to_dueling(ckpt["q_network"], ckpt["n_actions"]),
+                "converted": "plain->dueling"}
     return ckpt
 
 

@@ -105,7 +105,7 @@ class Trainer:
         if init is not None:
             self.q_network.load_state_dict(init["q_network"])
             self.target_network.load_state_dict(init["q_network"])
-            extra = {"head": "plain->dueling"} if self.cfg.dueling and not init["config"].get("dueling") else {}
+            extra = {"head": init["converted"]} if "converted" in init else {}
             log(kv_line("init_weights", path=self.cfg.init_weights, trained_steps=checkpoints.trained_steps(init),
                         **extra))
         self.obs, _ = self.vec.reset(seed=self.cfg.seed)
