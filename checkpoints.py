@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import models
-from config import SCHEMA, SHAPE_KEYS, ConfigError
+from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, load_config
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
@@ -345,13 +345,56 @@ def write_best(dest: Path, ckpt: dict, evaluation: dict | None) -> None:
     atomic_write_bytes(dest, buf.getbuffer())
 
 
+def user_path(spec: str, root: Path) -> Path:
+    """A file named in the config: relative to the working folder, else to the repository `root`."""
+    path = Path(spec)
+    return Path(root) / path if not path.is_absolute() and not path.exists() else path
+
+
+def build_network(ckpt: dict, device: str = "auto", path: Path | str = "the file"):
+    """(config, Q-network in eval mode on its device) of a checkpoint or weights-only file, built with
+    the config it was trained with (keys it predates as it was trained)."""
+    cfg = load_config({**as_trained(ckpt["config"]), "device": device})
+    with torch.random.fork_rng(devices=[]):  # its random initialisation is overwritten: leave the seeded RNG alone
+        net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
+    try:
+        net.load_state_dict(ckpt["q_network"])
+    except RuntimeError:
+        raise ConfigError(f"checkpoint {path} does not match the {cfg.architecture} network its config describes "
+                          "(architecture or sizes differ)") from None
+    return cfg, net.to(models.resolve_device(cfg.device)).eval()
+
+
+# keys that decide what an agent sees and does: a teacher must share them with the student
+OBSERVATION_KEYS = ("env_id", "frame_skip", "frame_stack", "obs_size", "obs_grayscale", "obs_crop")
+
+
+def read_teacher(cfg, root: Path, obs_shape, n_actions: int):
+    """The frozen Q-network of the `teacher` agent file, checked to see what the trainee sees."""
+    path = user_path(cfg.teacher, root)
+    try:
+        ckpt = read_for_user(path)
+    except ConfigError as e:
+        raise ConfigError(f"config key 'teacher': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
+                          "no teacher") from None
+    saved = as_trained(ckpt["config"])
+    for key in OBSERVATION_KEYS:
+        theirs = saved.get(key, SCHEMA[key].default)
+        if theirs != getattr(cfg, key):
+            raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but the teacher {path} was "
+                              f"trained with {json.dumps(theirs)}; a teacher must see the same observations")
+    if list(ckpt["obs_shape"]) != list(obs_shape) or ckpt["n_actions"] != n_actions:
+        raise ConfigError(f"the teacher {path} takes observations {list(ckpt['obs_shape'])} with {ckpt['n_actions']} "
+                          f"actions, this run {list(obs_shape)} with {n_actions}; choose a teacher of this environment")
+    _, net = build_network(ckpt, "cpu", path)
+    return net.requires_grad_(False), ckpt
+
+
 def read_init_weights(cfg, root: Path) -> dict:
     """The checkpoint named by `init_weights` (relative to the working folder or `root`), checked
     against the config's network shape; a plain head converted for a dueling config says so in
     `converted`."""
-    path = Path(cfg.init_weights)
-    if not path.is_absolute() and not path.exists():
-        path = Path(root) / path
+    path = user_path(cfg.init_weights, root)
     try:
         ckpt = read_for_user(path)
     except ConfigError as e:

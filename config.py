@@ -134,6 +134,13 @@ def _keys() -> list[Key]:
           "(its online network is copied into both networks; the shape keys must match, but a plain head may "
           "start a dueling one with the same Q). Empty = random "
           "initialisation. A resumed run keeps its own weights."),
+        K("teacher", "", "str", "Kickstarting: a trained agent (`pretrained/*.pt` file or checkpoint, any architecture, "
+          "the same environment and observations) whose Q-values this network is also trained to match on every "
+          "replay batch (Huber loss between both networks' Q-values minus their mean over the actions: the gaps between "
+          "actions, not the level; weighted by `teacher_weight`). Empty = off."),
+        K("teacher_weight", 1.0, "float", "Weight of the teacher's loss at agent step 0.", low=0),
+        K("teacher_steps", 0, "int", "Agent steps over which `teacher_weight` falls linearly to 0 (then the teacher is "
+          "no longer run); 0 = the weight stays.", low=0),
     ]
 
 

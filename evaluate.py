@@ -28,7 +28,7 @@ import envs
 import metrics
 import publish
 import utils
-from config import ConfigError, as_trained, load_config, one_line_cli_errors
+from config import ConfigError, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
 LAUNCHER_CONFIG_ENV = "SNNDQN_CONFIG"  # set by run.py for the scripts it starts: the resolved config's path
@@ -50,22 +50,14 @@ def load_network(path: Path, device: str = "auto"):
     (`cfg.for_evaluation()` has the training aids off)."""
     import torch
 
-    import models
-
     spec = str(path)
     if spec.startswith(publish.HF_PREFIX):
         path = publish.download_agent(spec)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a downloaded file never runs pickled code
     else:
         ckpt = checkpoints.read_for_user(path)
-    cfg = load_config({**as_trained(ckpt["config"]), "device": device})
-    net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])
-    try:
-        net.load_state_dict(ckpt["q_network"])
-    except RuntimeError:
-        raise ConfigError(f"checkpoint {path} does not match the {cfg.architecture} network its config describes "
-                          "(architecture or sizes differ)") from None
-    return cfg, net.to(models.resolve_device(cfg.device)).eval(), Path(path)
+    cfg, net = checkpoints.build_network(ckpt, device, path)
+    return cfg, net, Path(path)
 
 
 def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Agent:

@@ -59,6 +59,13 @@ class Trainer:
         self.n_actions = int(self.vec.single_action_space.n)
         self.obs_shape = tuple(self.vec.single_observation_space.shape)
         check_memory(cfg, self.obs_shape, self.n_actions, self.device)  # refuse before allocating
+        self.teacher = None
+        if cfg.teacher:  # kickstarting: a frozen agent whose Q-values the network also learns to match
+            self.teacher, teacher_ckpt = checkpoints.read_teacher(cfg, ROOT, self.obs_shape, self.n_actions)
+            self.teacher.to(self.device)
+            log(kv_line("teacher", path=cfg.teacher, architecture=teacher_ckpt["config"].get("architecture"),
+                        trained_steps=checkpoints.trained_steps(teacher_ckpt), weight=cfg.teacher_weight,
+                        until_step=cfg.teacher_steps or "end"))
         if new_run:
             archive_previous_run(run_dir)
         self.q_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
@@ -81,6 +88,7 @@ class Trainer:
         self.episode_skipped = np.zeros(cfg.agents, dtype=np.int64)  # tiles cut (skip_penalty on)
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
+        self.teacher_loss_sum = torch.zeros((), device=self.device)  # since the last episode's end
         self.last_eval: float | None = None
         self.best_eval: float | None = None
         self.action_counts = np.zeros(self.n_actions, dtype=np.int64)
@@ -146,9 +154,20 @@ class Trainer:
             next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
             next_q = self.target_network(next_obs).gather(1, next_actions).squeeze(1)
             target = rewards + discount * not_done * next_q
-        q = self.q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        q_all = self.q_network(obs)
+        q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         weights = torch.as_tensor(b.weights, device=dev)
-        loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()
+        td_loss = loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()
+        teacher_weight = self.teacher_weight()
+        if teacher_weight > 0:
+            with torch.no_grad():
+                teacher_q = self.teacher(obs)
+            # centred (each row minus its mean): the policy and the gaps between actions, not the teacher's
+            # level of Q, which another reward setting or network puts elsewhere (a level pull wrecks the TD fit)
+            teacher_loss = F.smooth_l1_loss(q_all - q_all.mean(1, keepdim=True),
+                                            teacher_q - teacher_q.mean(1, keepdim=True))
+            loss = td_loss + teacher_weight * teacher_loss
+            self.teacher_loss_sum += teacher_loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -158,9 +177,18 @@ class Trainer:
         self.optimizer.step()
         if self.replay.prioritized:
             self.replay.update_priorities(b.indices, (target - q).detach().abs().cpu().numpy())
-        self.loss_sum += loss.detach()
+        self.loss_sum += td_loss.detach()
         self.loss_count += 1
         self.updates += 1
+
+    def teacher_weight(self) -> float:
+        """The teacher's loss weight now: `teacher_weight`, falling linearly to 0 over `teacher_steps`."""
+        cfg = self.cfg
+        if self.teacher is None:
+            return 0.0
+        if not cfg.teacher_steps:
+            return cfg.teacher_weight
+        return cfg.teacher_weight * max(0.0, 1.0 - self.global_step / cfg.teacher_steps)
 
     def update_target(self) -> None:
         tau = self.cfg.target_tau
@@ -180,7 +208,9 @@ class Trainer:
         self.recent_wins.append(win)
         self.recent_returns.append(ret)
         loss = float(self.loss_sum) / self.loss_count if self.loss_count else None
+        teacher_loss = float(self.teacher_loss_sum) / self.loss_count if self.loss_count else None
         self.loss_sum.zero_()
+        self.teacher_loss_sum.zero_()
         self.loss_count = 0
         self.epsilon = max(cfg.epsilon_min, self.epsilon * cfg.decay)
         eval_return = held_out_evaluation(self, cfg.eval_episodes) if cfg.eval_every and self.episode % cfg.eval_every == 0 else None
@@ -196,6 +226,10 @@ class Trainer:
                                      100.0 * sum(self.recent_wins) / 100, sps, loss, eval_return)
         if cfg.skip_penalty:
             self.metrics.scalar("charts/skipped_tiles", row["skipped_tiles"], self.global_step)
+        if self.teacher is not None:
+            self.metrics.scalar("charts/teacher_weight", self.teacher_weight(), self.global_step)
+            if teacher_loss is not None:
+                self.metrics.scalar("losses/teacher_loss", teacher_loss, self.global_step)
         if cfg.debug:
             log_debug(self, env)
         self.episode_return[env] = 0.0

@@ -309,6 +309,81 @@ def test_init_weights_from_a_plain_head_starts_a_dueling_run_with_the_same_q(tmp
     assert len(err) == 1 and "'dueling'" in err[0] and "init_weights" in err[0]
 
 
+def teacher_gap(student_cfg, teacher_file) -> tuple[float, float]:
+    """Mean |gap student − gap teacher| over states of CartPole, a gap being Q minus its mean over actions,
+    and the student's mean Q (its level)."""
+    _, teacher = checkpoints.build_network(checkpoints.read(teacher_file), "cpu")
+    _, student = checkpoints.build_network(final_weights(student_cfg), "cpu")
+    import gymnasium as gym
+
+    env, states = gym.make("CartPole-v1"), []
+    obs, _ = env.reset(seed=0)
+    for i in range(200):  # the states a wavering policy visits
+        states.append(obs)
+        obs, _, term, trunc, _ = env.step(i // 3 % 2)
+        if term or trunc:
+            obs, _ = env.reset(seed=i)
+    obs = torch.as_tensor(np.array(states))
+    with torch.no_grad():
+        qs, qt = student(obs), teacher(obs)
+    return float(((qs - qs.mean(1, keepdim=True)) - (qt - qt.mean(1, keepdim=True))).abs().mean()), float(qs.mean())
+
+
+def test_teacher_pulls_the_q_values_towards_its_own(tmp_path, capsys):
+    donor = tiny(tmp_path, name="donor", architecture="snn", total_steps=300)  # any architecture may teach
+    assert train.main(["--config", str(donor), "--new-run"]) == 0
+    ckpt = final_weights(donor)
+    last_bias = [k for k in ckpt["q_network"] if k.endswith(".bias")][-1]
+    ckpt["q_network"][last_bias] += 100.0  # a teacher whose Q sits at another level: only its gaps are taught
+    src = tmp_path / "teacher.pt"
+    checkpoints.write_best(src, ckpt, None)
+    alone = tiny(tmp_path, name="alone", seed=3)
+    taught = tiny(tmp_path, name="taught", seed=3, teacher=str(src), teacher_weight=20.0)
+    for cfg in (alone, taught):
+        assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert "teacher path=" in capsys.readouterr().out
+    (gap_alone, level_alone), (gap_taught, level_taught) = teacher_gap(alone, src), teacher_gap(taught, src)
+    assert gap_taught < 0.5 * gap_alone
+    assert abs(level_taught - level_alone) < 5.0  # not pulled 100 up
+
+
+def test_an_annealed_teacher_leaves_the_plain_update(tmp_path):
+    donor = tiny(tmp_path, name="donor", total_steps=200)
+    assert train.main(["--config", str(donor), "--new-run"]) == 0
+    src = sorted((run_dir(donor) / "checkpoints").glob("ckpt_*.pt"))[-1]
+    plain = tiny(tmp_path, name="plain", seed=5)
+    # the weight reaches 0 at agent step 40, where learning starts: the teacher never enters an update
+    gone = tiny(tmp_path, name="gone", seed=5, teacher=str(src), teacher_weight=3.0, teacher_steps=40)
+    for cfg in (plain, gone):
+        assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    a, b = final_weights(plain)["q_network"], final_weights(gone)["q_network"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rows(plain) == rows(gone)
+    # the schedule: linear from teacher_weight to 0 over teacher_steps; 0 steps keeps it
+    t = train.Trainer(load_config(tiny(tmp_path, name="sched", teacher=str(src), teacher_weight=2.0,
+                                       teacher_steps=100)), tmp_path / "sched", new_run=True)
+    weights = []
+    for step in (0, 50, 100, 150):
+        t.global_step = step
+        weights.append(t.teacher_weight())
+    assert weights == [2.0, 1.0, 0.0, 0.0]
+    t.cfg = t.cfg.replace(teacher_steps=0)
+    assert t.teacher_weight() == 2.0
+    t.vec.close()
+
+
+def test_a_teacher_that_cannot_teach_is_one_line_and_touches_nothing(tmp_path, capsys):
+    other = tiny(tmp_path, name="acrobot", env_id="Acrobot-v1", total_steps=60)
+    assert train.main(["--config", str(other), "--new-run"]) == 0
+    wrong_env = sorted((run_dir(other) / "checkpoints").glob("ckpt_*.pt"))[-1]
+    for teacher, says in ((tmp_path / "nope.pt", "does not exist"), (wrong_env, "'env_id'")):
+        cfg = tiny(tmp_path, name="pupil", teacher=str(teacher))
+        assert train.main(["--config", str(cfg), "--new-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and "teacher" in err[0]
+        assert not (run_dir(cfg) / "checkpoints").exists() and not (run_dir(cfg) / "metrics.csv").exists()
+
+
 def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
     import evaluate
 
