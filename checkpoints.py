@@ -311,13 +311,15 @@ def read_for_user(path: Path) -> dict:
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}); is it a complete file?") from None
 
 
-def check_shape(saved_config: dict, cfg, what: str, hint: str) -> None:
-    """ConfigError when a key that changes the network's shape differs between a checkpoint and `cfg`."""
-    for key in SHAPE_KEYS:
+def check_shape(saved_config: dict, cfg, what: str, hint: str, keys=SHAPE_KEYS,
+                differs: str = "another network shape") -> None:
+    """ConfigError when a key that changes the network's shape (or another of `keys`) differs between a
+    checkpoint and `cfg`."""
+    for key in keys:
         saved = saved_config.get(key, SCHEMA[key].default)  # a key added later: files before it had its default
         if saved != getattr(cfg, key):
             raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but {what} has "
-                              f"{json.dumps(saved)}, another network shape; {hint}")
+                              f"{json.dumps(saved)}, {differs}; {hint}")
 
 
 # --------------------------------------------------------------------------- weights-only files
@@ -369,20 +371,21 @@ def build_network(ckpt: dict, device: str = "auto", path: Path | str = "the file
 OBSERVATION_KEYS = ("env_id", "frame_skip", "frame_stack", "obs_size", "obs_grayscale", "obs_crop")
 
 
+def read_named(cfg, key: str, root: Path, empty_means: str) -> tuple[Path, dict]:
+    """The checkpoint or agent file a config key names; bad input is one ConfigError naming the key."""
+    path = user_path(getattr(cfg, key), root)
+    try:
+        return path, read_for_user(path)
+    except ConfigError as e:
+        raise ConfigError(f"config key '{key}': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
+                          f"{empty_means}") from None
+
+
 def read_teacher(cfg, root: Path, obs_shape, n_actions: int):
     """The frozen Q-network of the `teacher` agent file, checked to see what the trainee sees."""
-    path = user_path(cfg.teacher, root)
-    try:
-        ckpt = read_for_user(path)
-    except ConfigError as e:
-        raise ConfigError(f"config key 'teacher': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
-                          "no teacher") from None
-    saved = as_trained(ckpt["config"])
-    for key in OBSERVATION_KEYS:
-        theirs = saved.get(key, SCHEMA[key].default)
-        if theirs != getattr(cfg, key):
-            raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but the teacher {path} was "
-                              f"trained with {json.dumps(theirs)}; a teacher must see the same observations")
+    path, ckpt = read_named(cfg, "teacher", root, "no teacher")
+    check_shape(as_trained(ckpt["config"]), cfg, f"the teacher {path}", "a teacher must see the same observations",
+                keys=OBSERVATION_KEYS, differs="other observations")
     if list(ckpt["obs_shape"]) != list(obs_shape) or ckpt["n_actions"] != n_actions:
         raise ConfigError(f"the teacher {path} takes observations {list(ckpt['obs_shape'])} with {ckpt['n_actions']} "
                           f"actions, this run {list(obs_shape)} with {n_actions}; choose a teacher of this environment")
@@ -394,12 +397,7 @@ def read_init_weights(cfg, root: Path) -> dict:
     """The checkpoint named by `init_weights` (relative to the working folder or `root`), checked
     against the config's network shape; a plain head converted for a dueling config says so in
     `converted`."""
-    path = user_path(cfg.init_weights, root)
-    try:
-        ckpt = read_for_user(path)
-    except ConfigError as e:
-        raise ConfigError(f"config key 'init_weights': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
-                          "random weights") from None
+    path, ckpt = read_named(cfg, "init_weights", root, "random weights")
     saved = ckpt["config"]
     # a plain Q head may start a dueling one (models.plain_to_dueling: the same Q); not the reverse
     to_dueling = cfg.dueling and not saved.get("dueling", False)
