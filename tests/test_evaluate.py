@@ -3,6 +3,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -272,3 +273,17 @@ def test_averaged_weights_are_the_mean_and_play_like_any_file(cartpole_run, tmp_
     capsys.readouterr()
     assert average.main([str(a), str(other), "--out", str(tmp_path / "x.pt")]) == 2
     assert "hidden_layers" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_every_shipped_agent_loads_as_a_weights_only_file_and_acts():
+    """pretrained/*.pt: plain tensors and a config today's schema accepts (a teacher named in it is only a
+    record of how it was trained; playing never loads the teacher)."""
+    import torch
+
+    files = sorted((REPO / "pretrained").glob("*.pt"))
+    assert len(files) >= 3
+    for path in files:
+        stored = torch.load(path, weights_only=True)  # no pickled code
+        agent = evaluate.load_agent(path, device="cpu")
+        obs = np.zeros(stored["obs_shape"], dtype=np.uint8)
+        assert 0 <= agent.policy(None)(obs) < 5
