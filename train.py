@@ -228,7 +228,7 @@ class Trainer:
             self.metrics.scalar("charts/skipped_tiles", row["skipped_tiles"], self.global_step)
         if self.teacher is not None:
             self.metrics.scalar("charts/teacher_weight", self.teacher_weight(), self.global_step)
-            if teacher_loss is not None:
+            if teacher_loss is not None and self.teacher_weight() > 0:  # annealed away: nothing to log
                 self.metrics.scalar("losses/teacher_loss", teacher_loss, self.global_step)
         if cfg.debug:
             log_debug(self, env)
