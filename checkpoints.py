@@ -381,15 +381,13 @@ def read_named(cfg, key: str, root: Path, empty_means: str) -> tuple[Path, dict]
                           f"{empty_means}") from None
 
 
-def read_teacher(cfg, root: Path, obs_shape, n_actions: int):
-    """The frozen Q-network of the `teacher` agent file, checked to see what the trainee sees."""
+def read_teacher(cfg, root: Path):
+    """The frozen Q-network of the `teacher` agent file on `cfg.device`, checked to see what the trainee
+    sees (the same environment and observation pipeline, hence the same observation shape and actions)."""
     path, ckpt = read_named(cfg, "teacher", root, "no teacher")
     check_shape(as_trained(ckpt["config"]), cfg, f"the teacher {path}", "a teacher must see the same observations",
                 keys=OBSERVATION_KEYS, differs="other observations")
-    if list(ckpt["obs_shape"]) != list(obs_shape) or ckpt["n_actions"] != n_actions:
-        raise ConfigError(f"the teacher {path} takes observations {list(ckpt['obs_shape'])} with {ckpt['n_actions']} "
-                          f"actions, this run {list(obs_shape)} with {n_actions}; choose a teacher of this environment")
-    _, net = build_network(ckpt, "cpu", path)
+    _, net = build_network(ckpt, cfg.device, path)
     return net.requires_grad_(False), ckpt
 
 

@@ -61,8 +61,7 @@ class Trainer:
         check_memory(cfg, self.obs_shape, self.n_actions, self.device)  # refuse before allocating
         self.teacher = None
         if cfg.teacher:  # kickstarting: a frozen agent whose Q-values the network also learns to match
-            self.teacher, teacher_ckpt = checkpoints.read_teacher(cfg, ROOT, self.obs_shape, self.n_actions)
-            self.teacher.to(self.device)
+            self.teacher, teacher_ckpt = checkpoints.read_teacher(cfg, ROOT)
             log(kv_line("teacher", path=cfg.teacher, architecture=teacher_ckpt["config"].get("architecture"),
                         trained_steps=checkpoints.trained_steps(teacher_ckpt), weight=cfg.teacher_weight,
                         until_step=cfg.teacher_steps or "end"))
@@ -227,8 +226,9 @@ class Trainer:
         if cfg.skip_penalty:
             self.metrics.scalar("charts/skipped_tiles", row["skipped_tiles"], self.global_step)
         if self.teacher is not None:
-            self.metrics.scalar("charts/teacher_weight", self.teacher_weight(), self.global_step)
-            if teacher_loss is not None and self.teacher_weight() > 0:  # annealed away: nothing to log
+            teacher_weight = self.teacher_weight()
+            self.metrics.scalar("charts/teacher_weight", teacher_weight, self.global_step)
+            if teacher_loss is not None and teacher_weight > 0:  # annealed away: nothing to log
                 self.metrics.scalar("losses/teacher_loss", teacher_loss, self.global_step)
         if cfg.debug:
             log_debug(self, env)

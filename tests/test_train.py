@@ -312,10 +312,10 @@ def test_init_weights_from_a_plain_head_starts_a_dueling_run_with_the_same_q(tmp
 def teacher_gap(student_cfg, teacher_file) -> tuple[float, float]:
     """Mean |gap student − gap teacher| over states of CartPole, a gap being Q minus its mean over actions,
     and the student's mean Q (its level)."""
-    _, teacher = checkpoints.build_network(checkpoints.read(teacher_file), "cpu")
-    _, student = checkpoints.build_network(final_weights(student_cfg), "cpu")
     import gymnasium as gym
 
+    _, teacher = checkpoints.build_network(checkpoints.read(teacher_file), "cpu")
+    _, student = checkpoints.build_network(final_weights(student_cfg), "cpu")
     env, states = gym.make("CartPole-v1"), []
     obs, _ = env.reset(seed=0)
     for i in range(200):  # the states a wavering policy visits
@@ -370,6 +370,7 @@ def test_an_annealed_teacher_leaves_the_plain_update(tmp_path):
     t.cfg = t.cfg.replace(teacher_steps=0)
     assert t.teacher_weight() == 2.0
     t.vec.close()
+    t.metrics.close()
 
 
 def test_a_teacher_that_cannot_teach_is_one_line_and_touches_nothing(tmp_path, capsys):
