@@ -452,9 +452,13 @@ def restore(t, ckpt: dict) -> tuple[str, dict | None]:
                 "restore the value or start a new run (python run.py --forcenewrun)")
     t.q_network.load_state_dict(ckpt["q_network"])
     t.target_network.load_state_dict(ckpt["target_network"])
-    t.optimizer.load_state_dict(ckpt["optimizer"])
-    for group in t.optimizer.param_groups:  # a changed learning rate applies
-        group["lr"] = t.cfg.learning_rate
+    # this trainer's Adam kernel (fused or not: a checkpoint of another version or machine may differ)
+    # and a changed learning rate apply; set before loading, so the step counters land where the kernel wants
+    state = dict(ckpt["optimizer"])
+    state["param_groups"] = [{**saved, "lr": t.cfg.learning_rate, "fused": own.get("fused"),
+                              "foreach": own.get("foreach")}
+                             for saved, own in zip(state["param_groups"], t.optimizer.param_groups)]
+    t.optimizer.load_state_dict(state)
     c = ckpt["counters"]
     t.global_step, t.episode, t.updates = c["global_step"], c["episode"], c["updates"]
     t.update_credit, t.epsilon, t.learning_stopped = c["update_credit"], c["epsilon"], c["learning_stopped"]

@@ -147,9 +147,14 @@ def _convs(in_channels: int) -> list[nn.Conv2d]:
     return layers
 
 
-def _to_float(obs: torch.Tensor) -> torch.Tensor:
-    # uint8 frames are scaled here so the replay can keep them as bytes
-    return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs.float()
+def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Frames as floats in [0, 1]; uint8 frames are scaled here so the replay can keep them as bytes.
+    `dtype` bfloat16 (for the bfloat16 encoder) converts the bytes straight to bfloat16: the very values
+    autocast would make of the float32 ones (bfloat16 holds 0..255 exactly and rounds x/255 once, as the
+    cast of the float32 quotient does; tests check all 256), without a float32 copy of the batch."""
+    if obs.dtype == torch.uint8:
+        return obs.to(dtype).div_(255.0)
+    return obs.float()
 
 
 def _dueling(out: torch.Tensor, dueling: bool) -> torch.Tensor:
@@ -196,11 +201,10 @@ class ANNQNetwork(nn.Module):
         self._split = (self.net[:self.encoder_len], self.net[self.encoder_len:])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = _to_float(obs)
         if not (self.conv_bf16 and self.encoder_len):
-            return _dueling(self.net(x), self.dueling)
+            return _dueling(self.net(_to_float(obs)), self.dueling)
         encoder, head = self._split
-        return _dueling(head(_encode(encoder, x, True)), self.dueling)
+        return _dueling(head(_encode(encoder, _to_float(obs, torch.bfloat16), True)), self.dueling)
 
 
 class SpikingQNetwork(nn.Module):
@@ -265,7 +269,8 @@ class SpikingQNetwork(nn.Module):
         return _LeakyOverTime.apply(currents, lif.beta.clamp(0, 1), steps, static, self.surrogate_name)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = _to_float(obs)
+        bf16 = self.conv_bf16 and self.encoder is not None
+        x = _to_float(obs, torch.bfloat16 if bf16 else torch.float32)
         if self.encoder is not None:
             x = _encode(self.encoder, x, self.conv_bf16)  # [B, F]: static, so computed once
         steps = self.time_steps

@@ -202,6 +202,20 @@ def test_bfloat16_encoder_is_close_to_float32_with_the_same_weights(arch):
     assert first.grad is not None and first.grad.dtype == torch.float32 and first.grad.abs().sum() > 0
 
 
+def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frames():
+    """The bfloat16 encoder's input is converted from the replay's bytes directly: bit for bit the
+    bfloat16 that autocast casts the float32 frames to, for every byte value, and so the same Q."""
+    every = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    direct = models._to_float(every, torch.bfloat16)
+    assert direct.dtype == torch.bfloat16 and torch.equal(direct, models._to_float(every).to(torch.bfloat16))
+    for arch in ARCHS[:2]:
+        fast = net_for(IMAGE, conv_precision="bfloat16", **arch)
+        obs = batch(IMAGE, b=4)
+        encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
+        assert torch.equal(models._encode(encoder, models._to_float(obs), True),
+                           models._encode(encoder, models._to_float(obs, torch.bfloat16), True))
+
+
 def test_bfloat16_is_refused_for_a_full_snn():
     with pytest.raises(ConfigError, match="conv_precision"):
         cfg(architecture="snn", snn_mode="full", conv_precision="bfloat16")

@@ -71,6 +71,56 @@ def test_straight_run_equals_stop_and_resume(tmp_path, arch):
     assert rows(straight) == rows(second)
 
 
+def test_fused_adam_steps_like_plain_adam(tmp_path):
+    """make_adam's fused kernel (one pass over the parameters per step) against torch's plain Adam on
+    the same network and the same gradients of real Q-network losses: equal up to float rounding."""
+    cfg = load_config(tiny(tmp_path, name="adam", architecture="snn"))
+    t = train.Trainer(cfg, tmp_path / "adam", new_run=True)
+    assert t.optimizer.param_groups[0]["fused"]  # torch >= 2.4 has the kernel for the CPU
+    plain_net = models.build_q_network(cfg, t.obs_shape, t.n_actions)
+    plain_net.load_state_dict(t.q_network.state_dict())
+    plain = torch.optim.Adam(plain_net.parameters(), lr=cfg.learning_rate)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        obs = torch.randn((32, *t.obs_shape), generator=g)
+        target = 10 * torch.randn((32, t.n_actions), generator=g)
+        for net, opt in ((t.q_network, t.optimizer), (plain_net, plain)):
+            opt.zero_grad()
+            torch.nn.functional.smooth_l1_loss(net(obs), target).backward()
+            opt.step()
+    fused_w, plain_w = t.q_network.state_dict(), plain_net.state_dict()
+    assert any(not torch.equal(fused_w[k], plain_w[k]) for k in fused_w)  # two kernels, not one
+    for k in fused_w:
+        assert torch.allclose(fused_w[k], plain_w[k], rtol=1e-5, atol=1e-6), k
+    t.vec.close()
+    t.metrics.close()
+
+
+def test_a_checkpoint_of_plain_adam_resumes_with_the_fused_kernel(tmp_path, monkeypatch):
+    """Checkpoints written before Adam was fused (or on a torch without the kernel) resume into this
+    trainer's fused Adam, moments and step counts carried over, a changed learning rate applied."""
+    with monkeypatch.context() as m:
+        m.setattr(train, "make_adam", lambda params, lr: torch.optim.Adam(params, lr=lr))
+        first = tiny(tmp_path, name="older", total_steps=150)
+        assert train.main(["--config", str(first), "--new-run"]) == 0
+    saved = final_weights(first)
+    assert saved["optimizer"]["param_groups"][0]["fused"] is None
+    cfg = load_config(tiny(tmp_path, name="older", total_steps=300, learning_rate=5e-4))
+    t = train.Trainer(cfg, run_dir(first), new_run=False)
+    group = t.optimizer.param_groups[0]
+    assert group["fused"] and group["lr"] == 5e-4
+    for p in t.q_network.parameters():
+        state = t.optimizer.state[p]
+        assert state["step"].dtype == torch.float32 and state["step"].device == p.device
+        assert int(state["step"]) == saved["counters"]["updates"]
+    assert torch.equal(t.optimizer.state[next(t.q_network.parameters())]["exp_avg"],
+                       saved["optimizer"]["state"][0]["exp_avg"])
+    t.vec.close()
+    t.metrics.close()
+    assert train.main(["--config", str(tiny(tmp_path, name="older", total_steps=300))]) == 0
+    assert final_weights(first)["counters"]["global_step"] == 300
+
+
 def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys):
     cfg = tiny(tmp_path, total_steps=200, checkpoint_every=3)
     train.main(["--config", str(cfg), "--new-run"])
