@@ -150,8 +150,9 @@ def _convs(in_channels: int) -> list[nn.Conv2d]:
 def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Frames as floats in [0, 1]; uint8 frames are scaled here so the replay can keep them as bytes.
     `dtype` bfloat16 (for the bfloat16 encoder) converts the bytes straight to bfloat16: the very values
-    autocast would make of the float32 ones (bfloat16 holds 0..255 exactly and rounds x/255 once, as the
-    cast of the float32 quotient does; tests check all 256), without a float32 copy of the batch."""
+    autocast would make of the float32 ones (bfloat16 holds 0..255 exactly, and its division computes x/255
+    in float32 and rounds that to bfloat16, as autocast's cast of the float32 quotient does; tests check all
+    256), without a float32 copy of the batch."""
     if obs.dtype == torch.uint8:
         return obs.to(dtype).div_(255.0)
     return obs.float()
