@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import models
+import publish
 from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, load_config
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
@@ -371,13 +372,28 @@ def build_network(ckpt: dict, device: str = "auto", path: Path | str = "the file
 OBSERVATION_KEYS = ("env_id", "frame_skip", "frame_stack", "obs_size", "obs_grayscale", "obs_crop")
 
 
+def read_agent(spec: str, root: Path | None = None, what: str = "--checkpoint hf://") -> tuple[Path, dict]:
+    """(local path, contents) of a training checkpoint or agent file the user names (relative to the working
+    folder, else to `root`), or of a published agent `hf://owner/name`: downloaded to the Hub cache and loaded
+    weights-only (a downloaded file never runs pickled code). Bad input is a one-line ConfigError."""
+    if spec.startswith(publish.HF_PREFIX):
+        path = publish.download_agent(spec, what)
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"{spec}: its {path.name} cannot be read ({type(e).__name__})") from None
+    path = user_path(spec, root) if root is not None else Path(spec)
+    return path, read_for_user(path)
+
+
 def read_named(cfg, key: str, root: Path, empty_means: str) -> tuple[Path, dict]:
-    """The checkpoint or agent file a config key names; bad input is one ConfigError naming the key."""
-    path = user_path(getattr(cfg, key), root)
+    """The checkpoint, agent file or `hf://` agent a config key names; bad input is one ConfigError naming
+    the key."""
     try:
-        return path, read_for_user(path)
+        return read_agent(getattr(cfg, key), root, f"config key '{key}': hf://")
     except ConfigError as e:
-        raise ConfigError(f"config key '{key}': {e}; give a pretrained/*.pt file or a checkpoint, or \"\" for "
+        msg = str(e) if str(e).startswith("config key") else f"config key '{key}': {e}"
+        raise ConfigError(f"{msg}; give a pretrained/*.pt file, a checkpoint or hf://owner/name, or \"\" for "
                           f"{empty_means}") from None
 
 

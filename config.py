@@ -130,11 +130,13 @@ def _keys() -> list[Key]:
           pattern=r"[A-Za-z0-9._-]{0,128}"),
         K("wandb_mode", "online", "str", "`online`, `offline` (written under the run folder, `wandb sync` later) or "
           "`disabled`.", choices=("online", "offline", "disabled")),
-        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file or a checkpoint "
+        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file, a checkpoint "
+          "or a published agent `hf://owner/name` "
           "(its online network is copied into both networks; the shape keys must match, but a plain head may "
           "start a dueling one with the same Q). Empty = random "
           "initialisation. A resumed run keeps its own weights."),
-        K("teacher", "", "str", "Kickstarting: a trained agent (`pretrained/*.pt` file or checkpoint, any architecture, "
+        K("teacher", "", "str", "Kickstarting: a trained agent (`pretrained/*.pt` file, checkpoint or `hf://owner/name`, "
+          "any architecture, "
           "the same environment and observations) whose Q-values this network is also trained to match on every "
           "replay batch (Huber loss between both networks' Q-values minus their mean over the actions: the gaps between "
           "actions, not the level; weighted by `teacher_weight`). Empty = off."),

@@ -48,14 +48,7 @@ def load_network(path: Path, device: str = "auto"):
     """(config, Q-network in eval mode on its device, local path) of a training checkpoint, a shipped
     `pretrained/*.pt` file or an `hf://` model; the config is the one it was trained with
     (`cfg.for_evaluation()` has the training aids off)."""
-    import torch
-
-    spec = str(path)
-    if spec.startswith(publish.HF_PREFIX):
-        path = publish.download_agent(spec)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a downloaded file never runs pickled code
-    else:
-        ckpt = checkpoints.read_for_user(path)
+    path, ckpt = checkpoints.read_agent(str(path))
     cfg, net = checkpoints.build_network(ckpt, device, path)
     return cfg, net, Path(path)
 

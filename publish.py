@@ -49,9 +49,11 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}" + (f", HTTP {status}" if status else "")
 
 
-def download_agent(spec: str) -> Path:
-    """`hf://owner/name` -> the local path of its weights file (downloaded to the Hub cache)."""
-    repo_id = check_repo_id(spec[len(HF_PREFIX):], "--checkpoint hf://")
+def download_agent(spec: str, what: str = "--checkpoint hf://") -> Path:
+    """`hf://owner/name` -> the local path of its weights file (downloaded to the Hub cache; when the Hub
+    cannot be reached, huggingface_hub answers with the cached copy if there is one). `what` names the
+    option or config key in errors."""
+    repo_id = check_repo_id(spec[len(HF_PREFIX):], what)
     try:
         return Path(_client().hf_hub_download(repo_id, WEIGHTS_NAME, token=_tokens().get("huggingface_read") or None))
     except Exception as e:

@@ -13,6 +13,7 @@ import checkpoints
 import hub
 import train
 import utils
+from config import load_config
 from conftest import run_dir_of, write_config
 from hub_standin import HubStandIn
 
@@ -299,3 +300,42 @@ def test_push_an_agent_to_the_hub_and_load_it_back(server, tmp_path, capsys, mon
     assert "played one episode" in capsys.readouterr().out
     assert evaluate.main(["--checkpoint", "hf://tester/missing-agent", "--episodes", "1"]) == 2
     assert "cannot download agent.pt from tester/missing-agent" in capsys.readouterr().err
+
+
+def test_a_published_agent_starts_or_teaches_a_new_run(server, tmp_path, capsys, monkeypatch):
+    """init_weights and teacher take hf://owner/name: a fresh machine starts from what another published.
+    Once downloaded, the Hub's cached copy serves when the Hub cannot be reached."""
+    import huggingface_hub.constants as hf_constants
+    import torch
+
+    import evaluate
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    donor = config(tmp_path, name="donor", total_steps=200, upload_to_cloud=False)
+    assert train.main(["--config", str(donor), "--new-run"]) == 0
+    ckpt = str(max((run_dir(donor) / "checkpoints").glob("ckpt_*.pt")))
+    assert evaluate.main(["--checkpoint", ckpt, "--episodes", "2", "--push-to-hub", "tester/cartpole-agent",
+                          "--out", str(tmp_path / "table")]) == 0
+    published = torch.load(io.BytesIO(server.repos["tester/cartpole-agent"].files["agent.pt"]), weights_only=True)
+    keys = dict(upload_to_cloud=False, init_weights="hf://tester/cartpole-agent", teacher="hf://tester/cartpole-agent")
+    t = train.Trainer(load_config(config(tmp_path, name="from-hub", **keys)), tmp_path / "from-hub", new_run=True)
+    for net in (t.q_network, t.target_network, t.teacher):
+        assert all(torch.equal(v, published["q_network"][k]) for k, v in net.state_dict().items())
+    t.vec.close()
+    t.metrics.close()
+    out = capsys.readouterr().out
+    assert "init_weights path=hf://tester/cartpole-agent" in out and "teacher path=hf://tester/cartpole-agent" in out
+    assert_no_secrets(server, out)
+    # the Hub down: the cached copy starts the next run too
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    offline = config(tmp_path, name="offline", total_steps=60, **keys)
+    assert train.main(["--config", str(offline), "--new-run"]) == 0
+    # a repo that does not exist is one line, exit 2, and nothing of the run is written
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    capsys.readouterr()
+    missing = config(tmp_path, name="missing", upload_to_cloud=False, init_weights="hf://tester/missing-agent")
+    assert train.main(["--config", str(missing), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: config key 'init_weights': cannot download agent.pt from "
+                                                        "tester/missing-agent")
+    assert not (run_dir(missing) / "checkpoints").exists() and not (run_dir(missing) / "metrics.csv").exists()
