@@ -390,11 +390,10 @@ def read_named(cfg, key: str, root: Path, empty_means: str) -> tuple[Path, dict]
     """The checkpoint, agent file or `hf://` agent a config key names; bad input is one ConfigError naming
     the key."""
     try:
-        return read_agent(getattr(cfg, key), root, f"config key '{key}': hf://")
+        return read_agent(getattr(cfg, key), root, "hf://")
     except ConfigError as e:
-        msg = str(e) if str(e).startswith("config key") else f"config key '{key}': {e}"
-        raise ConfigError(f"{msg}; give a pretrained/*.pt file, a checkpoint or hf://owner/name, or \"\" for "
-                          f"{empty_means}") from None
+        raise ConfigError(f"config key '{key}': {e}; give a pretrained/*.pt file, a checkpoint or hf://owner/name, "
+                          f"or \"\" for {empty_means}") from None
 
 
 def read_teacher(cfg, root: Path):

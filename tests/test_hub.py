@@ -339,3 +339,7 @@ def test_a_published_agent_starts_or_teaches_a_new_run(server, tmp_path, capsys,
     assert len(err) == 1 and err[0].startswith("train.py: error: config key 'init_weights': cannot download agent.pt from "
                                                         "tester/missing-agent")
     assert not (run_dir(missing) / "checkpoints").exists() and not (run_dir(missing) / "metrics.csv").exists()
+    malformed = config(tmp_path, name="malformed", upload_to_cloud=False, teacher="hf://not a repo")
+    assert train.main(["--config", str(malformed), "--new-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config key 'teacher': hf:// needs a Hub repo id like owner/name" in err[0]
