@@ -123,6 +123,11 @@ def _keys() -> list[Key]:
           "AMX, on an H200 no faster, docs/benchmarks.md), or `auto`: bfloat16 on a CPU that has it, float32 on "
           "other CPUs, on CUDA and for a full SNN. Not a shape key: it may change on resume.",
           choices=("auto", "float32", "bfloat16")),
+        K("actor", "auto", "str", "Who steps the environments: `process` (a worker process with a copy of the network "
+          "steps the next `train_every` agent steps while the learner updates; the policy is one update behind the "
+          "plain loop's; docs/training.md), `inline` (the same blocks in the trainer's process, no overlap), `off` (the "
+          "plain loop: act, step, update) or `auto`: `process` for image observations on the CPU with ≥ 2 cores, "
+          "else `off`.", choices=("auto", "process", "inline", "off")),
         K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
           "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
           pattern=r"[A-Za-z0-9._-]{0,128}"),
@@ -152,7 +157,7 @@ EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
 # Stored configs (checkpoints, exported agents) written before a key existed were trained with these
 # values, where today's default differs: such a file plays as it was trained (a float32-trained policy
 # is not indifferent to a bfloat16 encoder, docs/tuning.md).
-PREDATING: dict[str, Any] = {"conv_precision": "float32"}
+PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off"}
 
 
 def as_trained(saved: dict[str, Any]) -> dict[str, Any]:

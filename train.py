@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import actor as actors
 import bout
 import checkpoints
 import envs
@@ -67,10 +68,15 @@ class Trainer:
                         until_step=cfg.teacher_steps or "end"))
         if new_run:
             archive_previous_run(run_dir)
+        self.actor = make_actor(cfg, self.vec, self.obs_shape, self.device)
+        if self.actor is not None:
+            self.vec = self.actor  # the actor owns the environments: reset, snapshot and close go through it
         self.q_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
         self.target_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
+        if self.actor is not None:
+            self.actor.attach(self.q_network)
         self.optimizer = make_adam(self.q_network.parameters(), cfg.learning_rate)
         self.replay, self.replay_mb = make_replay(cfg, self.obs_shape)
         self.replay_segments = checkpoints.ReplaySegments(self.ckpt_dir)  # the replay's frames on disk
@@ -94,6 +100,7 @@ class Trainer:
         self.obs = None
         self.autoreset = np.zeros(cfg.agents, dtype=bool)
         self.checkpoint_due = False
+        self.sps = 0.0
 
         self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
         found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
@@ -115,25 +122,33 @@ class Trainer:
             extra = {"head": init["converted"]} if "converted" in init else {}
             log(kv_line("init_weights", path=self.cfg.init_weights, trained_steps=checkpoints.trained_steps(init),
                         **extra))
-        self.obs, _ = self.vec.reset(seed=self.cfg.seed)
+        self.obs = self.reset_envs(self.cfg.seed)
         for e in range(self.cfg.agents):
             self.replay.start(e, self.obs[e])
         self.metrics.text("hyperparameters", metrics.config_table(self.cfg.to_dict()))
 
     # ------------------------------------------------------------------ acting and learning
+    def reset_envs(self, seed: int) -> np.ndarray:
+        return self.actor.reset(seed) if self.actor is not None else self.vec.reset(seed=seed)[0]
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             if self.cfg.debug and self.global_step % 1000 == 0:
-                with models.record_firing_rates(self.q_network) as rates:
-                    q = self.q_network(torch.as_tensor(obs, device=self.device))
-                for layer, rate in rates.items():
-                    self.metrics.scalar(f"debug/firing_rate_{layer}", rate, self.global_step)
+                q = self.record_firing_rates(obs)
             else:
                 q = self.q_network(torch.as_tensor(obs, device=self.device))
         greedy = q.argmax(1).cpu().numpy()
         explore = self.rng.random(len(greedy)) < self.epsilon
         random_actions = self.rng.integers(0, self.n_actions, size=len(greedy))
         return np.where(explore, random_actions, greedy)
+
+    def record_firing_rates(self, obs: np.ndarray) -> torch.Tensor:
+        """debug: the Q-values of `obs`, with each spiking layer's firing rate logged."""
+        with torch.no_grad(), models.record_firing_rates(self.q_network) as rates:
+            q = self.q_network(torch.as_tensor(obs, device=self.device))
+        for layer, rate in rates.items():
+            self.metrics.scalar(f"debug/firing_rate_{layer}", rate, self.global_step)
+        return q
 
     def update(self) -> None:
         cfg = self.cfg
@@ -246,9 +261,12 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Between steps only: the observation, autoreset flags and updates of the last step are in."""
+        if self.actor is not None and self.actor.busy:  # a stop mid-block: its steps and updates go in first
+            self._finish_block(self.actor.collect())
         self.checkpoint_due = False
         t0 = time.monotonic()
-        state = checkpoints.capture(self, envs.snapshot_vector_env(self.vec))
+        snapshot = self.actor.snapshot() if self.actor is not None else envs.snapshot_vector_env(self.vec)
+        state = checkpoints.capture(self, snapshot)
         path, size = checkpoints.write(self.ckpt_dir, state, self.cfg.keep_checkpoints)
         seconds = time.monotonic() - t0
         try:
@@ -270,12 +288,15 @@ class Trainer:
                 for lif in net.lifs:
                     lif.beta.fill_(self.cfg.snn_beta)
         if env_state is not None:
-            envs.restore_vector_env(self.vec, env_state["snapshot"])
             self.obs, self.autoreset = env_state["obs"], env_state["autoreset"]
+            if self.actor is not None:
+                self.actor.restore(env_state["snapshot"], self.obs)
+            else:
+                envs.restore_vector_env(self.vec, env_state["snapshot"])
             env_note = "environments restored mid-episode"
         else:
             # Box2D worlds cannot be saved: the interrupted episodes are dropped and new ones start
-            self.obs, _ = self.vec.reset(seed=self.cfg.seed + 7919 * (self.episode + 1))
+            self.obs = self.reset_envs(self.cfg.seed + 7919 * (self.episode + 1))
             for e in range(self.cfg.agents):
                 self.replay.start(e, self.obs[e])
             env_note = "interrupted episodes restarted"
@@ -320,10 +341,48 @@ class Trainer:
         return None
 
     def step(self, sps: float) -> None:
-        """One step of every environment, the transitions stored, then the updates they pay for."""
-        cfg = self.cfg
+        """One step of every environment, the transitions stored, then the updates they pay for (with an
+        actor: one block of steps, stored, the next block started, then the updates)."""
+        self.sps = sps
+        if self.actor is not None:
+            self._step_block()
+            return
         actions = self.act(self.obs)
-        next_obs, rewards, terms, truncs, infos = self.vec.step(actions)
+        real = self._store(actions, *self.vec.step(actions))
+        self._learn(real)
+        if self.checkpoint_due:
+            self.save_checkpoint()
+
+    def _step_block(self) -> None:
+        if not self.actor.busy:  # the first block of a bout, or the one after a checkpoint: current weights
+            self._start_block()
+        self._finish_block(self.actor.collect(), start_next=True)
+        if self.checkpoint_due:
+            self.save_checkpoint()
+
+    def _start_block(self) -> None:
+        """Publish the online network and let the actor step the next block (ε's coins drawn here)."""
+        cfg = self.cfg
+        steps = max(1, cfg.train_every // cfg.agents)
+        if cfg.total_steps:  # no step past the budget
+            steps = max(1, min(steps, -(-(cfg.total_steps - self.global_step) // cfg.agents)))
+        self.actor.start(actors.plan_block(self.rng, steps, cfg.agents, self.epsilon, self.n_actions))
+
+    def _finish_block(self, block: list, start_next: bool = False) -> None:
+        """Store a block's steps; start the next one (unless a checkpoint or the budget comes first: a
+        checkpoint is taken with the actor idle); then run the updates the block paid for."""
+        real = 0
+        for actions, *result in block:
+            if self.cfg.debug and (self.global_step + 1) % 1000 == 0:
+                self.record_firing_rates(self.obs)
+            real += self._store(actions, *result)
+        if start_next and not self.checkpoint_due and self.budget_reached() is None:
+            self._start_block()
+        self._learn(real)
+
+    def _store(self, actions, next_obs, rewards, terms, truncs, infos) -> int:
+        """One vector step's transitions into the replay, with the episodes that ended; the real steps."""
+        cfg, sps = self.cfg, self.sps
         if "skipped_tiles" in infos:  # SkipPenalty charged some env this step
             self.episode_skipped += np.where(infos["_skipped_tiles"], infos["skipped_tiles"], 0)
         real = 0
@@ -341,6 +400,11 @@ class Trainer:
                 self.end_episode(e, sps)
         self.autoreset = terms | truncs
         self.obs = next_obs
+        return real
+
+    def _learn(self, real: int) -> None:
+        """The updates `real` new agent steps pay for, and the target update when they cross its period."""
+        cfg = self.cfg
         if self.global_step >= cfg.learning_starts and not self.learning_stopped:
             self.update_credit += real / cfg.train_every
             while self.update_credit >= 1:
@@ -349,8 +413,6 @@ class Trainer:
         before = self.global_step - real
         if self.global_step // cfg.target_update_every > before // cfg.target_update_every:
             self.update_target()
-        if self.checkpoint_due:
-            self.save_checkpoint()
 
     def run(self) -> int:
         """One bout: train until a budget, the bout's time or a signal stops it; checkpoint; exit code."""
@@ -413,6 +475,27 @@ def check_memory(cfg, obs_shape, n_actions: int, device: torch.device) -> None:
         raise ConfigError(f"the replay ({replay / 2**30:.2f} GiB, replay_size {cfg.replay_size}) and the networks "
                           f"({networks / 2**30:.2f} GiB, hidden_layers {cfg.hidden_layers}) need more memory than "
                           f"the {available / 2**30:.2f} GiB available; lower replay_size or hidden_layers")
+
+
+def make_actor(cfg, vec, obs_shape: tuple, device: torch.device):
+    """The actor the `actor` key asks for (None: the plain loop). A worker process that cannot be
+    started falls back to the same blocks stepped in this process, with a warning. With a worker the
+    learner leaves it a core: at most (cores - 1) torch threads."""
+    kind = actors.wanted(cfg, obs_shape, device)
+    if kind == "off":
+        return None
+    if kind == "process":
+        try:
+            proc = actors.ProcessActor(cfg)
+        except (RuntimeError, OSError) as e:
+            log(f"warning: the actor process could not be started ({str(e).splitlines()[0]}); its blocks run in "
+                "this process instead (the same learning, no overlap)")
+        else:
+            vec.close()  # the worker has its own environments
+            if device.type == "cpu":
+                torch.set_num_threads(max(1, min(torch.get_num_threads(), actors.usable_cpus() - 1)))
+            return proc
+    return actors.InlineActor(cfg, vec)
 
 
 def make_replay(cfg, obs_shape) -> tuple[ReplayBuffer, float]:

@@ -6,7 +6,10 @@ The loop is train.Trainer.run (FastCarRacing, frame skip 4, the default config, 
 `--warmup` steps). The parts, measured in the same run on the same trainer: the environment alone
 (random actions through the full pipeline), action selection at batch 1, and one update (replay
 sample included) divided by train_every. Prints a table and one JSON line; the loop's share of the
-parts' rate is the number to watch (target >= 85%).
+parts' rate is the number to watch (target >= 85%). With the actor process (`actor`, on by default for
+CarRacing on a CPU with >= 2 cores) the environment and action selection overlap the update, so the loop
+can beat the sum of its parts; the update is then timed with the trainer's own (fewer) threads.
+`--set actor='"off"'` measures the plain loop.
 """
 from __future__ import annotations
 

@@ -34,12 +34,12 @@ import train  # noqa: E402
 import config  # noqa: E402
 
 # The configuration the shipped agents were trained with (README "How they were trained"): the defaults
-# before train_every 8 and conv_precision auto, with the input size, pinned so that every recorded `base`
+# before train_every 8, conv_precision auto and the actor process, with the input size, pinned so that every recorded `base`
 # row compares alike whatever today's defaults are.
 BASE = {"env_id": "CarRacing-v3", "architecture": "ann", "lenient_termination": 25, "eval_every": 0,
         "checkpoint_every": 10**6, "save_replay": False, "stop_learning_at_win_percent": 0,
         "max_run_time": 10**6, "seed": 0, "train_every": 4, "conv_precision": "float32",
-        "obs_size": 84}
+        "obs_size": 84, "actor": "off"}
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("shipped config (ANN)", {}),
@@ -97,6 +97,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                 + (f", seed {seed}" if seed else ""),
                                 {"architecture": "snn", "snn_readout": "mean", "conv_precision": "bfloat16",
                                  "obs_size": 64, **({"seed": seed} if seed else {})})
+       for seed, sfx in ((0, ""), (1, "-seed1"))},
+    # the actor process (the policy one update behind), on the bfloat16 encoder of the default config; compare
+    # with bf16 / bf16-seed1 at the same --steps
+    **{f"bf16-actor{sfx}": ("conv_precision bfloat16, actor process" + (f", seed {seed}" if seed else ""),
+                            {"conv_precision": "bfloat16", "actor": "process", **({"seed": seed} if seed else {})})
        for seed, sfx in ((0, ""), (1, "-seed1"))},
     # prioritized replay at a longer budget (run with --steps 100000, against train-every8-bf16 at the same steps)
     "train-every8-bf16-per": ("half the updates, bfloat16 encoder, prioritized replay",

@@ -541,7 +541,8 @@ def test_skipped_tiles_are_logged_per_episode(tmp_path):
     from config import load_config
 
     cfg = load_config(tiny(tmp_path, env_id="CarRacing-v3", skip_penalty=2.0, lenient_termination=3, obs_size=40,
-                           obs_crop=[0, 0, 0, 0], hidden_layers=[16], learning_starts=10**6, replay_size=500))
+                           obs_crop=[0, 0, 0, 0], hidden_layers=[16], learning_starts=10**6, replay_size=500,
+                           actor="off"))  # the plain loop: the test touches tiles of the in-process env
     t = train.Trainer(cfg, cfg.run_dir(REPO), new_run=True)
     touch_tiles(t.vec.envs[0], *range(2, 11), 14)  # a corner cut: 11-13 jumped over
     t.step(0.0)

@@ -1,0 +1,275 @@
+"""The actor: the environments and a copy of the Q-network stepping the next block of agent steps while
+the learner updates (`actor` key).
+
+In the plain loop one core alternates: act, step the environment, and every `train_every` agent steps
+an update that costs far more than the steps (CarRacing on a CPU: ~50-120 ms against ~4-10 ms). With
+an actor the environment and action selection run in a worker process on the other core, one block
+of `train_every` agent steps at a time, while the learner runs the update those steps pay for:
+
+    learner: | store block j | publish weights, start block j+1 | update(s) of block j | store block j+1 | ...
+    actor:                                     | step block j+1 with the published weights          |
+
+So block j+1 is played with the weights from before block j's update: the policy is one update behind
+the plain loop's (as in Ape-X-style actor/learner splits, with the smallest possible lag). Everything
+random (ε's coin, the random actions) is drawn by the learner from the run's own generator and sent
+with the block, and the learner alone writes the replay, the metrics and the checkpoints; a checkpoint
+is taken with the actor idle, and the block after it uses the current weights, so a resumed run
+continues exactly as the uninterrupted one would.
+
+`InlineActor` runs the same blocks in this process (the same learning, no overlap): the fallback when
+a worker process cannot be started, and the reference the worker is tested against.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import traceback
+
+import numpy as np
+import torch
+
+import envs
+import models
+
+START_TIMEOUT_S = 300.0  # spawning imports torch and gymnasium: seconds on a slow disk
+
+
+def wanted(cfg, obs_shape: tuple, device: torch.device) -> str:
+    """What `actor` means here: "process", "inline" or "off". `auto` takes a worker process where it
+    pays: an image input (the update dwarfs the environment step only there), on the CPU (on CUDA the
+    update is milliseconds) and with at least two cores for this process."""
+    if cfg.actor != "auto":
+        return cfg.actor
+    image = len(obs_shape) == 3
+    return "process" if image and device.type == "cpu" and usable_cpus() >= 2 else "off"
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_block(rng: np.random.Generator, steps: int, agents: int, epsilon: float, n_actions: int) -> list:
+    """The random part of a block's actions, drawn as `Trainer.act` draws them: per vector step, who
+    explores (ε's coin) and the random action each would take."""
+    plan = []
+    for _ in range(steps):
+        explore = rng.random(agents) < epsilon
+        plan.append((explore, rng.integers(0, n_actions, size=agents)))
+    return plan
+
+
+def play_block(vec, net: torch.nn.Module, obs: np.ndarray, plan: list) -> list:
+    """Step `vec` once per plan entry from `obs`: the greedy action of `net` unless the plan explores
+    (the network is run only when some environment takes its greedy action). One tuple per step:
+    (actions, next_obs, rewards, terminateds, truncateds, infos)."""
+    out = []
+    for explore, random_actions in plan:
+        if explore.all():
+            actions = random_actions
+        else:
+            with torch.no_grad():
+                greedy = net(torch.as_tensor(obs)).argmax(1).numpy()
+            actions = np.where(explore, random_actions, greedy)
+        next_obs, rewards, terms, truncs, infos = vec.step(actions)
+        out.append((actions, next_obs, rewards, terms, truncs, infos))
+        obs = next_obs
+    return out
+
+
+class InlineActor:
+    """The actor's blocks stepped in this process when collected (no overlap, the same learning)."""
+
+    kind = "inline"
+
+    def __init__(self, cfg, vec=None):
+        self.vec = vec if vec is not None else envs.make_vector_env(cfg)
+        self.single_action_space = self.vec.single_action_space
+        self.single_observation_space = self.vec.single_observation_space
+        self.net: torch.nn.Module | None = None
+        self.obs: np.ndarray | None = None
+        self.pending: list | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None
+
+    def attach(self, q_network: torch.nn.Module) -> None:
+        """The network whose weights `start` publishes: a frozen CPU copy, so that the learner's updates
+        during a block do not reach the block (the same lag as the worker's)."""
+        self.source = q_network
+        self.net = _frozen_copy(q_network)
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.obs, _ = self.vec.reset(seed=seed)
+        return self.obs
+
+    def snapshot(self) -> bytes | None:
+        return envs.snapshot_vector_env(self.vec)
+
+    def restore(self, blob: bytes, obs: np.ndarray) -> None:
+        envs.restore_vector_env(self.vec, blob)
+        self.obs = obs
+
+    def start(self, plan: list) -> None:
+        self.net.load_state_dict(self.source.state_dict())
+        self.pending = plan
+
+    def collect(self) -> list:
+        plan, self.pending = self.pending, None
+        steps = play_block(self.vec, self.net, self.obs, plan)
+        self.obs = steps[-1][1]
+        return steps
+
+    def close(self) -> None:
+        self.vec.close()
+
+
+class ProcessActor:
+    """The actor in a worker process (spawned: a fork of a process running torch threads can hang).
+    The weights travel through shared memory, written by the learner only while the worker is idle;
+    blocks, observations and results through a pipe. The worker ignores the terminal's signals (the
+    learner stops it after its final checkpoint) and exits when the learner's end of the pipe closes."""
+
+    kind = "process"
+
+    def __init__(self, cfg):
+        ctx = torch.multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, cfg), name="snn-dqn-actor", daemon=False)
+        self.proc.start()
+        child.close()
+        try:
+            self.single_action_space, self.single_observation_space = self._reply(timeout=START_TIMEOUT_S)
+        except RuntimeError:
+            self.proc.kill()
+            self.proc.join(5)
+            self.conn.close()
+            raise
+        self.shared: dict[str, torch.Tensor] | None = None
+        self.busy = False
+        # multiprocessing joins its children at exit: a trainer that ends without close() (an exception)
+        # must still let the worker go, or the interpreter would wait for it forever
+        atexit.register(self.close)
+
+    def _reply(self, timeout: float | None = None):
+        try:
+            if timeout is not None and not self.conn.poll(timeout):
+                raise RuntimeError(f"the actor process did not start within {timeout:.0f} s")
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            raise RuntimeError(f"the actor process died (exit code {self.proc.exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"the actor process failed:\n{value}")
+        return value
+
+    def _call(self, *msg):
+        self.conn.send(msg)
+        return self._reply()
+
+    def attach(self, q_network: torch.nn.Module) -> None:
+        self.source = q_network
+        self.shared = {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in q_network.state_dict().items()}
+        self._call("attach", self.shared)
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self._call("reset", seed)
+
+    def snapshot(self) -> bytes | None:
+        return self._call("snapshot")
+
+    def restore(self, blob: bytes, obs: np.ndarray) -> None:
+        self._call("restore", blob, obs)
+
+    def start(self, plan: list) -> None:
+        with torch.no_grad():
+            for k, v in self.source.state_dict().items():
+                self.shared[k].copy_(v)
+        self.conn.send(("block", plan))
+        self.busy = True
+
+    def collect(self) -> list:
+        self.busy = False
+        return self._reply()
+
+    def close(self) -> None:
+        if self.conn.closed:
+            return
+        atexit.unregister(self.close)
+        if self.proc.is_alive():
+            try:
+                if self.busy:
+                    self.collect()
+                self.conn.send(("close",))
+            except (RuntimeError, OSError):
+                pass
+            self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+
+def _frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(net).to("cpu")
+    clone.requires_grad_(False)
+    return clone
+
+
+def _worker(conn, cfg) -> None:
+    """The actor process: its own environments and network copy, answering the learner's messages."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    try:
+        vec = envs.make_vector_env(cfg)
+        conn.send(("ok", (vec.single_action_space, vec.single_observation_space)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    net = shared = own = obs = None
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the learner is gone
+                return
+            try:
+                if msg[0] == "block":
+                    with torch.no_grad():
+                        for k, v in shared.items():
+                            own[k].copy_(v)
+                    steps = play_block(vec, net, obs, msg[1])
+                    obs = steps[-1][1]
+                    conn.send(("ok", steps))
+                elif msg[0] == "attach":
+                    shared = msg[1]
+                    obs_shape = tuple(vec.single_observation_space.shape)
+                    net = models.build_q_network(cfg, obs_shape, int(vec.single_action_space.n))
+                    net.requires_grad_(False)
+                    net.load_state_dict(shared)
+                    own = net.state_dict()  # views of the network's tensors
+                    conn.send(("ok", None))
+                elif msg[0] == "reset":
+                    obs, _ = vec.reset(seed=msg[1])
+                    conn.send(("ok", obs))
+                elif msg[0] == "snapshot":
+                    conn.send(("ok", envs.snapshot_vector_env(vec)))
+                elif msg[0] == "restore":
+                    envs.restore_vector_env(vec, msg[1])
+                    obs = msg[2]
+                    conn.send(("ok", None))
+                elif msg[0] == "close":
+                    return
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        vec.close()

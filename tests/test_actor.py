@@ -1,0 +1,185 @@
+"""The actor (`actor` key): the worker process against the same blocks stepped in-process, the lag is real,
+budgets and stops with a block in flight, signals, no orphaned worker, the fallback and `auto`."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import actor as actors
+import checkpoints
+import train
+from config import load_config
+from conftest import REPO, run_dir_of, write_config
+
+
+def tiny(tmp_path, **keys):
+    """CartPole with an update every 4 agent steps: blocks of 4 steps."""
+    return write_config(tmp_path, **{"train_every": 4, "target_update_every": 50, "learning_rate": 1e-3, "decay": 0.9,
+                                     "total_steps": 400, "checkpoint_every": 1000, **keys})
+
+
+def rows(cfg_path):
+    with open(run_dir_of(cfg_path) / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
+
+
+def newest(cfg_path) -> dict:
+    return checkpoints.load_newest(run_dir_of(cfg_path) / "checkpoints")[1]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().split(") ")[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(proc.name))
+    return out
+
+
+def test_worker_process_learns_exactly_like_the_inline_actor_and_the_lag_is_real(tmp_path):
+    """The worker (its own process, network copy and environments) against the same blocks stepped in the
+    trainer's process: the same episodes, weights and counters. Against the plain loop they differ: the
+    policy is one update behind."""
+    runs = {}
+    for mode in ("process", "inline", "off"):
+        cfg = tiny(tmp_path, name=mode, actor=mode)
+        assert train.main(["--config", str(cfg), "--new-run"]) == 0
+        runs[mode] = (newest(cfg), rows(cfg))
+    (p, p_rows), (i, i_rows), (o, _) = runs["process"], runs["inline"], runs["off"]
+    assert p["counters"] == i["counters"] and p["counters"]["global_step"] == 400 and p["counters"]["updates"] > 50
+    assert p_rows == i_rows and len(p_rows) > 10
+    for net in ("q_network", "target_network"):
+        assert same_weights(p[net], i[net])
+    assert not same_weights(p["q_network"], o["q_network"])
+
+
+def test_a_budget_mid_block_stops_on_the_step_and_a_stopped_run_resumes(tmp_path):
+    first = tiny(tmp_path, name="split", actor="process", total_steps=173)  # not a multiple of the block
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    ckpt = newest(first)
+    assert ckpt["counters"]["global_step"] == 173
+    second = tiny(tmp_path, name="split", actor="process", total_steps=400)
+    assert train.main(["--config", str(second)]) == 0
+    assert newest(second)["counters"]["global_step"] == 400
+    assert [int(r["episode"]) for r in rows(second)] == list(range(1, len(rows(second)) + 1))
+
+
+def test_sigkill_after_an_episode_checkpoint_then_resume_is_bit_exact_with_a_worker(tmp_path):
+    """The block after a checkpoint plays with the current weights in both runs, so a resume from an
+    episode checkpoint continues exactly as the uninterrupted run."""
+    keys = {"actor": "process", "total_steps": 800, "checkpoint_every": 5}
+    straight = tiny(tmp_path, name="straight", **keys)
+    assert train.main(["--config", str(straight), "--new-run"]) == 0
+    split = tiny(tmp_path, name="split", **keys)
+    proc = subprocess.Popen([sys.executable, "-u", str(REPO / "train.py"), "--config", str(split), "--new-run"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt_dir = run_dir_of(split) / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(checkpoints.step_of(p.name) >= 400 for p in checkpoints.list_checkpoints(ckpt_dir)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    out = proc.communicate(timeout=10)[0]
+    assert "finished" not in out, "too late to test a kill"
+    assert train.main(["--config", str(split)]) == 0
+    a, b = newest(straight), newest(split)
+    assert a["counters"] == b["counters"] and a["counters"]["global_step"] == 800
+    for net in ("q_network", "target_network"):
+        assert same_weights(a[net], b[net])
+    assert rows(straight) == rows(split)
+
+
+def test_ctrl_c_reaches_the_worker_too_but_the_trainer_stops_cleanly_and_no_worker_outlives_a_kill(tmp_path):
+    """Ctrl-C goes to the whole process group: the worker ignores it (a block in flight is finished and
+    stored) and the trainer checkpoints and stops. A SIGKILLed trainer's worker exits on its own."""
+    cfg = tiny(tmp_path, name="sig", actor="process", total_steps=10**7, checkpoint_every=5, max_run_time=600)
+    for how in ("sigint", "sigkill"):
+        proc = subprocess.Popen([sys.executable, "-u", str(REPO / "train.py"), "--config", str(cfg)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            line = proc.stdout.readline()
+            while not line.startswith("checkpoint"):
+                assert line, proc.communicate()[0]
+                line = proc.stdout.readline()
+            workers = children_of(proc.pid)  # the actor (and multiprocessing's resource tracker)
+            assert any(b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes() for w in workers)
+            if how == "sigint":
+                os.killpg(proc.pid, signal.SIGINT)
+                out = proc.communicate(timeout=60)[0]
+                assert proc.returncode == 0, out
+                assert "stopped reason=\"interrupted by SIGINT\"" in out and "Traceback" not in out
+            else:
+                proc.kill()
+                proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split(") ")[1][:1]
+                  for w in workers):
+            assert time.monotonic() < deadline, f"the actor outlived its trainer ({how})"
+            time.sleep(0.1)
+    # the SIGKILLed bout resumes from its newest checkpoint
+    resumed = tiny(tmp_path, name="sig", actor="process", total_steps=newest(cfg)["counters"]["global_step"] + 50)
+    assert train.main(["--config", str(resumed)]) == 0
+
+
+def test_a_worker_that_cannot_start_falls_back_to_the_inline_actor(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(actors, "START_TIMEOUT_S", 0.0)  # no worker answers within 0 s
+    cfg = tiny(tmp_path, name="fallback", actor="process", total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the actor process could not be started" in out and "actor=inline" in out
+    assert newest(cfg)["counters"]["global_step"] == 100
+
+
+def test_auto_takes_a_worker_for_images_on_the_cpu_only(tmp_path, monkeypatch):
+    cfg = load_config(tiny(tmp_path, actor="auto"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(actors, "usable_cpus", lambda: 2)
+    assert actors.wanted(cfg, (4, 84, 84), cpu) == "process"
+    assert actors.wanted(cfg, (4,), cpu) == "off"
+    assert actors.wanted(cfg, (4, 84, 84), cuda) == "off"
+    monkeypatch.setattr(actors, "usable_cpus", lambda: 1)
+    assert actors.wanted(cfg, (4, 84, 84), cpu) == "off"
+    assert actors.wanted(load_config(tiny(tmp_path, actor="inline")), (4,), cuda) == "inline"
+
+
+def test_a_plan_draws_what_act_draws():
+    """The block's coins and random actions are the generator's draws in act()'s order."""
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    plan = actors.plan_block(a, 3, 2, 0.5, 5)
+    for explore, random_actions in plan:
+        assert np.array_equal(explore, b.random(2) < 0.5)
+        assert np.array_equal(random_actions, b.integers(0, 5, size=2))
+
+
+def test_a_trainer_that_fails_does_not_wait_forever_for_its_worker(tmp_path):
+    """multiprocessing joins child processes at exit; a trainer ending in an exception (no close()) must
+    still exit, and its worker with it."""
+    cfg = tiny(tmp_path, name="boom", actor="process")
+    script = ("import sys; sys.path.insert(0, '.'); import train; from config import load_config\n"
+              f"cfg = load_config({str(cfg)!r})\n"
+              "t = train.Trainer(cfg, cfg.run_dir(), new_run=True)\n"
+              "t.step(0.0); t.step(0.0)\n"
+              "raise RuntimeError('boom')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "RuntimeError: boom" in out
+    assert not children_of(proc.pid)
