@@ -103,6 +103,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"bf16-actor{sfx}": ("conv_precision bfloat16, actor process" + (f", seed {seed}" if seed else ""),
                             {"conv_precision": "bfloat16", "actor": "process", **({"seed": seed} if seed else {})})
        for seed, sfx in ((0, ""), (1, "-seed1"))},
+    # the plain loop on today's code (fused Adam, frames straight to bfloat16): the same-code reference for bf16-actor
+    **{f"bf16-off{sfx}": ("conv_precision bfloat16, actor off (plain loop)" + (f", seed {seed}" if seed else ""),
+                          {"conv_precision": "bfloat16", "actor": "off", **({"seed": seed} if seed else {})})
+       for seed, sfx in ((0, ""), (1, "-seed1"))},
     # prioritized replay at a longer budget (run with --steps 100000, against train-every8-bf16 at the same steps)
     "train-every8-bf16-per": ("half the updates, bfloat16 encoder, prioritized replay",
                               {"train_every": 8, "conv_precision": "bfloat16", "prioritized_replay": True}),
