@@ -78,7 +78,7 @@ def timed_checkpoint(trainer) -> tuple[float, float]:
 
 def measure(size: int, new: int, arch: str, pool: np.ndarray, tmp: Path) -> dict:
     cfg = config.load_config({"name": f"ckpt-{size}", "architecture": arch, "runs_dir": str(tmp),
-                             "replay_size": size, "eval_every": 0})
+                             "replay_size": size, "eval_every": 0, "actor": "off"})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
     rng = np.random.default_rng(size)
     add_frames(trainer, pool, size, rng)

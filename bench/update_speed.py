@@ -31,7 +31,8 @@ VARIANTS = [("ann", "-", "float32"), ("ann", "-", "bfloat16"), ("snn", "hybrid",
 
 def time_update(arch: str, mode: str, precision: str, device: str, reps: int, extra: dict, tmp: Path) -> float:
     keys = {"name": f"upd-{arch}-{mode}-{precision}", "architecture": arch, "conv_precision": precision,
-            "runs_dir": str(tmp), "replay_size": 4000, "eval_every": 0, "device": device, **extra}
+            "runs_dir": str(tmp), "replay_size": 4000, "eval_every": 0, "device": device,
+            "actor": "off", **extra}  # the update alone, on this process's threads (no worker takes one)
     if arch == "snn":
         keys["snn_mode"] = mode
     cfg = config.load_config(keys)
