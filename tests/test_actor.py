@@ -160,13 +160,27 @@ def test_auto_takes_a_worker_for_images_on_the_cpu_only(tmp_path, monkeypatch):
     assert actors.wanted(load_config(tiny(tmp_path, actor="inline")), (4,), cuda) == "inline"
 
 
-def test_a_plan_draws_what_act_draws():
-    """The block's coins and random actions are the generator's draws in act()'s order."""
-    a, b = np.random.default_rng(5), np.random.default_rng(5)
-    plan = actors.plan_block(a, 3, 2, 0.5, 5)
-    for explore, random_actions in plan:
-        assert np.array_equal(explore, b.random(2) < 0.5)
-        assert np.array_equal(random_actions, b.integers(0, 5, size=2))
+def test_a_plan_draws_what_act_draws(tmp_path):
+    """A block's coins and random actions are the draws Trainer.act makes from the same generator: with
+    epsilon 1 the plan's actions are act()'s, and at any epsilon both leave the generator in the same state."""
+    cfg = load_config(tiny(tmp_path, name="plan", agents=2, actor="off"))
+    t = train.Trainer(cfg, tmp_path / "plan", new_run=True)
+    try:
+        for epsilon in (1.0, 0.3, 0.0):
+            t.epsilon = epsilon
+            t.rng = np.random.default_rng(5)
+            acted = [t.act(t.obs) for _ in range(3)]
+            plan = actors.plan_block(np.random.default_rng(5), 3, 2, epsilon, t.n_actions)
+            planner = np.random.default_rng(5)
+            actors.plan_block(planner, 3, 2, epsilon, t.n_actions)
+            assert planner.bit_generator.state == t.rng.bit_generator.state
+            if epsilon == 1.0:
+                assert all(explore.all() and np.array_equal(a, r) for a, (explore, r) in zip(acted, plan))
+            if epsilon == 0.0:
+                assert not any(explore.any() for explore, _ in plan)
+    finally:
+        t.vec.close()
+        t.metrics.close()
 
 
 def test_a_trainer_that_fails_does_not_wait_forever_for_its_worker(tmp_path):
