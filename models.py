@@ -94,8 +94,13 @@ class _LeakyOverTime(torch.autograd.Function):
         return (grad.sum(0) if ctx.static else grad), None, None, None, None
 
 
-# Nature-DQN encoder: (out_channels, kernel, stride) per convolution.
-CONV_SPEC = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+# Convolutional encoders, (out_channels, kernel, stride) per convolution, by the `encoder` config key:
+# `nature` is the Nature DQN's (Mnih et al. 2015), `nips` the first DQN's (Mnih et al. 2013): 16 and 32
+# channels, no third convolution (about a third of the Nature encoder's arithmetic at 84x84).
+ENCODERS = {
+    "nature": ((32, 8, 4), (64, 4, 2), (64, 3, 1)),
+    "nips": ((16, 8, 4), (32, 4, 2)),
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,20 +133,25 @@ def encoder_precision(cfg, obs_shape: Sequence[int]) -> str:
     return "bfloat16" if has_encoder and on_cpu and native_bfloat16() else "float32"
 
 
-def conv_output_shape(obs_shape: Sequence[int]) -> tuple[int, int, int]:
+def conv_output_shape(obs_shape: Sequence[int], encoder: str = "nature") -> tuple[int, int, int]:
     """Shape `[C, H, W]` after the encoder; ConfigError when the image is too small."""
+    spec = ENCODERS[encoder]
     _, h, w = obs_shape
-    for _, kernel, stride in CONV_SPEC:
+    for _, kernel, stride in spec:
         h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
         if h < 1 or w < 1:
-            raise ConfigError(f"observation {obs_shape[1]}x{obs_shape[2]} is too small for the convolutional encoder "
-                              "(it needs at least 36x36 pixels); raise obs_size or reduce obs_crop")
-    return CONV_SPEC[-1][0], h, w
+            need = 0
+            for _, k, st in reversed(spec):  # the smallest input that leaves one pixel
+                need = (max(need, 1) - 1) * st + k
+            raise ConfigError(f"observation {obs_shape[1]}x{obs_shape[2]} is too small for the {encoder!r} "
+                              f"convolutional encoder (it needs at least {need}x{need} pixels); raise obs_size "
+                              "or reduce obs_crop")
+    return spec[-1][0], h, w
 
 
-def _convs(in_channels: int) -> list[nn.Conv2d]:
+def _convs(in_channels: int, encoder: str = "nature") -> list[nn.Conv2d]:
     layers, c = [], in_channels
-    for out, kernel, stride in CONV_SPEC:
+    for out, kernel, stride in ENCODERS[encoder]:
         layers.append(nn.Conv2d(c, out, kernel, stride))
         c = out
     return layers
@@ -155,7 +165,13 @@ def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
     256), without a float32 copy of the batch."""
     if obs.dtype == torch.uint8:
         return obs.to(dtype).div_(255.0)
-    return obs.float()
+    return obs if obs.dtype == dtype else obs.float()  # already converted (network_input) or float frames
+
+
+def network_input(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """`obs` converted as `net`'s forward would convert it: convert a batch once when it goes through
+    several networks of the same kind (the update's s' through the online and the target network)."""
+    return _to_float(obs, net.input_dtype)
 
 
 def _dueling(out: torch.Tensor, dueling: bool) -> torch.Tensor:
@@ -178,17 +194,19 @@ class ANNQNetwork(nn.Module):
     """Conv encoder (image input) + ReLU MLP."""
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int],
-                 conv_bf16: bool = False, dueling: bool = False):
+                 conv_bf16: bool = False, dueling: bool = False, encoder: str = "nature"):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.conv_bf16 = conv_bf16
         self.dueling = dueling
         layers: list[nn.Module] = []
+        self.encoder_len = 0
         if len(obs_shape) == 3:
-            c, h, w = conv_output_shape(obs_shape)
-            for conv in _convs(obs_shape[0]):
+            c, h, w = conv_output_shape(obs_shape, encoder)
+            for conv in _convs(obs_shape[0], encoder):
                 layers += [conv, nn.ReLU()]
             layers.append(nn.Flatten())
+            self.encoder_len = len(layers)  # convs, ReLUs, Flatten
             width = c * h * w
         else:
             width = int(obs_shape[0])
@@ -197,9 +215,12 @@ class ANNQNetwork(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, n_actions + int(dueling)))
         self.net = nn.Sequential(*layers)
-        self.encoder_len = 2 * len(CONV_SPEC) + 1 if len(obs_shape) == 3 else 0  # convs, ReLUs, Flatten
         # views of the same layers for the bfloat16 encoder, sliced once (a tuple: not registered again)
         self._split = (self.net[:self.encoder_len], self.net[self.encoder_len:])
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.conv_bf16 and self.encoder_len else torch.float32
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not (self.conv_bf16 and self.encoder_len):
@@ -217,7 +238,7 @@ class SpikingQNetwork(nn.Module):
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int, hidden_layers: Sequence[int], time_steps: int,
                  beta: float, mode: str = "hybrid", readout: str = "mean", surrogate_name: str = "atan",
-                 conv_bf16: bool = False, dueling: bool = False):
+                 conv_bf16: bool = False, dueling: bool = False, encoder: str = "nature"):
         super().__init__()
         self.conv_bf16 = conv_bf16  # hybrid: the ANN encoder under bfloat16 autocast
         self.dueling = dueling  # the output membrane reads out [V, A_1..A_n]
@@ -237,15 +258,14 @@ class SpikingQNetwork(nn.Module):
         layers: list[nn.Module] = []
         lifs: list[nn.Module] = []
         if len(obs_shape) == 3:
-            c, h, w = conv_output_shape(obs_shape)
+            c, h, w = conv_output_shape(obs_shape, encoder)
             width = c * h * w
+            convs = _convs(obs_shape[0], encoder)
             if mode == "full":
-                layers += _convs(obs_shape[0])
-                lifs += [lif() for _ in CONV_SPEC]
+                layers += convs
+                lifs += [lif() for _ in convs]
             else:
-                convs = _convs(obs_shape[0])
-                self.encoder = nn.Sequential(convs[0], nn.ReLU(), convs[1], nn.ReLU(), convs[2], nn.ReLU(),
-                                             nn.Flatten())
+                self.encoder = nn.Sequential(*[m for conv in convs for m in (conv, nn.ReLU())], nn.Flatten())
         else:
             width = int(obs_shape[0])
         for i, hidden in enumerate(hidden_layers):
@@ -269,9 +289,12 @@ class SpikingQNetwork(nn.Module):
         at every step (static) or `[T, B, ...]`."""
         return _LeakyOverTime.apply(currents, lif.beta.clamp(0, 1), steps, static, self.surrogate_name)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.conv_bf16 and self.encoder is not None else torch.float32
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        bf16 = self.conv_bf16 and self.encoder is not None
-        x = _to_float(obs, torch.bfloat16 if bf16 else torch.float32)
+        x = _to_float(obs, self.input_dtype)
         if self.encoder is not None:
             x = _encode(self.encoder, x, self.conv_bf16)  # [B, F]: static, so computed once
         steps = self.time_steps
@@ -310,9 +333,10 @@ def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:
         raise ConfigError(f"observation shape {obs_shape} is neither a vector [N] nor a channel-first image [C, H, W]")
     bf16, dueling = encoder_precision(cfg, obs_shape) == "bfloat16", cfg.dueling
     if cfg.architecture == "ann":
-        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16, dueling=dueling)
+        return ANNQNetwork(obs_shape, n_actions, cfg.hidden_layers, conv_bf16=bf16, dueling=dueling,
+                           encoder=cfg.encoder)
     return SpikingQNetwork(obs_shape, n_actions, cfg.hidden_layers, cfg.snn_tSteps, cfg.snn_beta, cfg.snn_mode,
-                           cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16, dueling=dueling)
+                           cfg.snn_readout, cfg.snn_surrogate, conv_bf16=bf16, dueling=dueling, encoder=cfg.encoder)
 
 
 def plain_to_dueling(state: dict, n_actions: int) -> dict:
@@ -338,9 +362,9 @@ def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
     and both spiking modes have the same weights (the neurons' decay is a buffer, not a parameter)."""
     count = 0
     if len(obs_shape) == 3:
-        c, h, w = conv_output_shape(obs_shape)
+        c, h, w = conv_output_shape(obs_shape, cfg.encoder)
         channels = int(obs_shape[0])
-        for out, kernel, _ in CONV_SPEC:
+        for out, kernel, _ in ENCODERS[cfg.encoder]:
             count += channels * out * kernel * kernel + out
             channels = out
         width = c * h * w

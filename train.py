@@ -164,6 +164,7 @@ class Trainer:
         not_done = 1.0 - torch.as_tensor(b.terminateds, device=dev)
         discount = cfg.gamma if b.discounts is None else torch.as_tensor(b.discounts, device=dev)
         with torch.no_grad():
+            next_obs = models.network_input(self.q_network, next_obs)  # converted once for both networks
             # Double DQN: the online network picks the action at s', the target network evaluates it
             next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
             next_q = self.target_network(next_obs).gather(1, next_actions).squeeze(1)

@@ -154,8 +154,12 @@ def test_state_dict_round_trip(arch, tmp_path):
 
 
 def test_impossible_shapes_are_config_errors():
-    with pytest.raises(ConfigError, match="too small for the convolutional encoder"):
+    with pytest.raises(ConfigError, match="too small for the 'nature' convolutional encoder .* at least 36x36"):
         models.build_q_network(cfg(), (4, 30, 30), 5)
+    with pytest.raises(ConfigError, match="too small for the 'nips' convolutional encoder .* at least 20x20"):
+        models.build_q_network(cfg(encoder="nips"), (4, 19, 30), 5)
+    for side, encoder in ((36, "nature"), (20, "nips")):  # the sizes the messages name do build
+        assert models.conv_output_shape((4, side, side), encoder)[1:] == (1, 1)
     with pytest.raises(ConfigError, match="neither a vector"):
         models.build_q_network(cfg(), (4, 30), 5)
 
@@ -164,6 +168,24 @@ def test_carracing_default_shapes():
     net = models.build_q_network(load_config(), (4, 84, 84), 5)
     assert net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 5)
     assert models.conv_output_shape((4, 84, 84)) == (64, 7, 7)
+    assert models.conv_output_shape((4, 84, 84), "nips") == (32, 9, 9)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_the_nips_encoder_is_two_smaller_convolutions(arch):
+    """`encoder: nips` builds the first DQN's 16- and 32-channel convolutions in every architecture (the
+    full SNN gets a spiking layer per convolution) and learns through them."""
+    net = net_for(IMAGE, encoder="nips", **arch)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [(16, 8, 4), (32, 4, 2)]
+    if arch.get("snn_mode") == "full":
+        assert len(net.lifs) == len(convs) + 3  # two convolutions, two hidden layers, the output
+    q = net(batch(IMAGE))
+    q.sum().backward()
+    assert convs[0].weight.grad.abs().sum() > 0
+    plain = net_for(IMAGE, **arch)
+    with pytest.raises(RuntimeError):  # the other encoder's weights do not fit
+        plain.load_state_dict(net.state_dict())
 
 
 def test_resolve_device():
@@ -177,8 +199,9 @@ def test_resolve_device():
 @pytest.mark.parametrize("arch, mode", [("ann", "hybrid"), ("snn", "hybrid"), ("snn", "full")])
 @pytest.mark.parametrize("obs_shape", [(4, 84, 84), (3, 64, 48), (8,)])
 @pytest.mark.parametrize("dueling", [False, True], ids=["plain", "dueling"])
-def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_shape, dueling):
-    c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16], dueling=dueling)
+@pytest.mark.parametrize("encoder", ["nature", "nips"])
+def test_parameter_count_from_shapes_equals_the_built_network(arch, mode, obs_shape, dueling, encoder):
+    c = cfg(architecture=arch, snn_mode=mode, hidden_layers=[32, 16], dueling=dueling, encoder=encoder)
     built = sum(p.numel() for p in models.build_q_network(c, obs_shape, 5).parameters())
     assert models.parameter_count(c, obs_shape, 5) == built
 
@@ -214,6 +237,25 @@ def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frame
         encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
         assert torch.equal(models._encode(encoder, models._to_float(obs), True),
                            models._encode(encoder, models._to_float(obs, torch.bfloat16), True))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("obs_shape", [IMAGE, VECTOR], ids=["image", "vector"])
+def test_a_batch_converted_once_gives_the_q_of_the_bytes(arch, precision, obs_shape):
+    """The update converts s' once for the online and the target network (models.network_input): the
+    same Q-values, bit for bit, as each network converting the bytes itself."""
+    if precision == "bfloat16" and arch.get("snn_mode") == "full":
+        pytest.skip("a full SNN refuses a bfloat16 encoder")
+    net = net_for(obs_shape, conv_precision=precision, **arch)
+    other = net_for(obs_shape, seed=1, conv_precision=precision, **arch)  # a target network: other weights
+    obs = batch(obs_shape, b=4)  # bytes for an image, floats for a vector
+    x = models.network_input(net, obs)
+    assert x.dtype == net.input_dtype
+    want_bf16 = precision == "bfloat16" and len(obs_shape) == 3
+    assert net.input_dtype == (torch.bfloat16 if want_bf16 else torch.float32)
+    for n in (net, other):
+        assert torch.equal(n(x), n(obs))
 
 
 def test_bfloat16_is_refused_for_a_full_snn():
@@ -294,3 +336,7 @@ def test_a_checkpoint_without_a_shape_key_added_later_resumes_with_its_default()
     check_shape(saved, cfg(), "the run's checkpoint", "")
     with pytest.raises(ConfigError, match="'dueling' is true"):
         check_shape(saved, cfg(dueling=True), "the run's checkpoint", "")
+    older = {k: v for k, v in cfg().to_dict().items() if k != "encoder"}  # trained with the Nature encoder
+    check_shape(older, cfg(encoder="nature"), "the run's checkpoint", "")
+    with pytest.raises(ConfigError, match="'encoder'"):
+        check_shape(older, cfg(encoder="nips"), "the run's checkpoint", "")
