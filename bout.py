@@ -62,7 +62,8 @@ class Bout:
             signal.signal(s, self._on_signal)
         log(kv_line("start", run=cfg.run_name, architecture=cfg.architecture,
                     snn_mode=cfg.snn_mode if cfg.architecture == "snn" else "-", env=cfg.env_id, agents=cfg.agents,
-                    device=t.device, encoder=models.encoder_precision(cfg, t.obs_shape), train_every=cfg.train_every,
+                    device=t.device, encoder=cfg.encoder if len(t.obs_shape) == 3 else "-",
+                    precision=models.encoder_precision(cfg, t.obs_shape), train_every=cfg.train_every,
                     actor=t.actor.kind if t.actor is not None else "off",
                     obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
                     global_step=t.global_step, episode=t.episode, bout_seconds=round(self.seconds)))

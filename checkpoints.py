@@ -316,8 +316,9 @@ def check_shape(saved_config: dict, cfg, what: str, hint: str, keys=SHAPE_KEYS,
                 differs: str = "another network shape") -> None:
     """ConfigError when a key that changes the network's shape (or another of `keys`) differs between a
     checkpoint and `cfg`."""
+    saved_config = as_trained(saved_config)  # a key added later: files before it were trained as PREDATING says
     for key in keys:
-        saved = saved_config.get(key, SCHEMA[key].default)  # a key added later: files before it had its default
+        saved = saved_config.get(key, SCHEMA[key].default)  # ... or with the key's default
         if saved != getattr(cfg, key):
             raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but {what} has "
                               f"{json.dumps(saved)}, {differs}; {hint}")

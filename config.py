@@ -123,6 +123,9 @@ def _keys() -> list[Key]:
           "AMX, on an H200 no faster, docs/benchmarks.md), or `auto`: bfloat16 on a CPU that has it, float32 on "
           "other CPUs, on CUDA and for a full SNN. Not a shape key: it may change on resume.",
           choices=("auto", "float32", "bfloat16")),
+        K("encoder", "nature", "str", "Convolutional encoder of image observations (ANN, hybrid and full SNN): `nature` "
+          "(Nature DQN: 32, 64, 64 channels) or `nips` (the first DQN: 16 and 32 channels, about a third of the "
+          "arithmetic; docs/benchmarks.md).", choices=("nature", "nips"), shape=True),
         K("actor", "auto", "str", "Who steps the environments: `process` (a worker process with a copy of the network "
           "steps the next `train_every` agent steps while the learner updates; the policy is one update behind the "
           "plain loop's; docs/training.md), `inline` (the same blocks in the trainer's process, no overlap), `off` (the "
@@ -157,7 +160,7 @@ EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
 # Stored configs (checkpoints, exported agents) written before a key existed were trained with these
 # values, where today's default differs: such a file plays as it was trained (a float32-trained policy
 # is not indifferent to a bfloat16 encoder, docs/tuning.md).
-PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off"}
+PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off", "encoder": "nature"}
 
 
 def as_trained(saved: dict[str, Any]) -> dict[str, Any]:

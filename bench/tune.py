@@ -39,7 +39,7 @@ import config  # noqa: E402
 BASE = {"env_id": "CarRacing-v3", "architecture": "ann", "lenient_termination": 25, "eval_every": 0,
         "checkpoint_every": 10**6, "save_replay": False, "stop_learning_at_win_percent": 0,
         "max_run_time": 10**6, "seed": 0, "train_every": 4, "conv_precision": "float32",
-        "obs_size": 84, "actor": "off"}
+        "obs_size": 84, "actor": "off", "encoder": "nature"}
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("shipped config (ANN)", {}),
@@ -107,6 +107,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"bf16-off{sfx}": ("conv_precision bfloat16, actor off (plain loop)" + (f", seed {seed}" if seed else ""),
                           {"conv_precision": "bfloat16", "actor": "off", **({"seed": seed} if seed else {})})
        for seed, sfx in ((0, ""), (1, "-seed1"))},
+    # the first DQN's encoder (16 and 32 channels, two convolutions: a third of the arithmetic), on the bfloat16
+    # encoder of the default config; compare with bf16-off / bf16-off-seed1 (40k) or bf16 / bf16-seed1 (100k)
+    **{f"bf16-nips{sfx}": ("conv_precision bfloat16, encoder nips" + (f", seed {seed}" if seed else ""),
+                           {"conv_precision": "bfloat16", "encoder": "nips", **({"seed": seed} if seed else {})})
+       for seed, sfx in ((0, ""), (1, "-seed1"))},
+    # the same for the hybrid SNN, and its reference on today's default encoder (bfloat16, Nature)
+    **{f"snn-bf16{enc_sfx}{sfx}": ("SNN hybrid T=25, readout mean, bfloat16 encoder" + (", encoder nips" if enc_sfx else "")
+                                   + (f", seed {seed}" if seed else ""),
+                                   {"architecture": "snn", "snn_readout": "mean", "conv_precision": "bfloat16",
+                                    "encoder": "nips" if enc_sfx else "nature", **({"seed": seed} if seed else {})})
+       for enc_sfx in ("", "-nips") for seed, sfx in ((0, ""), (1, "-seed1"))},
     # prioritized replay at a longer budget (run with --steps 100000, against train-every8-bf16 at the same steps)
     "train-every8-bf16-per": ("half the updates, bfloat16 encoder, prioritized replay",
                               {"train_every": 8, "conv_precision": "bfloat16", "prioritized_replay": True}),
