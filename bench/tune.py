@@ -117,7 +117,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                    + (f", seed {seed}" if seed else ""),
                                    {"architecture": "snn", "snn_readout": "mean", "conv_precision": "bfloat16",
                                     "encoder": "nips" if enc_sfx else "nature", **({"seed": seed} if seed else {})})
-       for enc_sfx in ("", "-nips") for seed, sfx in ((0, ""), (1, "-seed1"))},
+       for enc_sfx in ("", "-nips") for seed, sfx in ((0, ""), (1, "-seed1"), (2, "-seed2"))},
     # prioritized replay at a longer budget (run with --steps 100000, against train-every8-bf16 at the same steps)
     "train-every8-bf16-per": ("half the updates, bfloat16 encoder, prioritized replay",
                               {"train_every": 8, "conv_precision": "bfloat16", "prioritized_replay": True}),
