@@ -100,9 +100,9 @@ or in Python, without running any pickled code:
 
 ```python
 import torch, models
-from config import load_config
+from config import as_trained, load_config
 w = torch.load("{WEIGHTS_NAME}", weights_only=True)
-net = models.build_q_network(load_config(w["config"]), w["obs_shape"], w["n_actions"])
+net = models.build_q_network(load_config(as_trained(w["config"])), w["obs_shape"], w["n_actions"])
 net.load_state_dict(w["q_network"])
 ```
 
