@@ -401,7 +401,7 @@ def read_teacher(cfg, root: Path):
     """The frozen Q-network of the `teacher` agent file on `cfg.device`, checked to see what the trainee
     sees (the same environment and observation pipeline, hence the same observation shape and actions)."""
     path, ckpt = read_named(cfg, "teacher", root, "no teacher")
-    check_shape(as_trained(ckpt["config"]), cfg, f"the teacher {path}", "a teacher must see the same observations",
+    check_shape(ckpt["config"], cfg, f"the teacher {path}", "a teacher must see the same observations",
                 keys=OBSERVATION_KEYS, differs="other observations")
     _, net = build_network(ckpt, cfg.device, path)
     return net.requires_grad_(False), ckpt

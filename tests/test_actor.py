@@ -170,9 +170,8 @@ def test_a_plan_draws_what_act_draws(tmp_path):
             t.epsilon = epsilon
             t.rng = np.random.default_rng(5)
             acted = [t.act(t.obs) for _ in range(3)]
-            plan = actors.plan_block(np.random.default_rng(5), 3, 2, epsilon, t.n_actions)
             planner = np.random.default_rng(5)
-            actors.plan_block(planner, 3, 2, epsilon, t.n_actions)
+            plan = actors.plan_block(planner, 3, 2, epsilon, t.n_actions)
             assert planner.bit_generator.state == t.rng.bit_generator.state
             if epsilon == 1.0:
                 assert all(explore.all() and np.array_equal(a, r) for a, (explore, r) in zip(acted, plan))
