@@ -16,6 +16,10 @@ with the block, and the learner alone writes the replay, the metrics and the che
 is taken with the actor idle, and the block after it uses the current weights, so a resumed run
 continues exactly as the uninterrupted one would.
 
+The in-run held-out evaluation is shared the same way: the actor plays the second half of the tracks with
+the current weights while the trainer plays the first (train.held_out_returns), so the worker's core is
+not idle while the trainer evaluates.
+
 `InlineActor` runs the same blocks in this process (the same learning, no overlap): the fallback when
 a worker process cannot be started, and the reference the worker is tested against.
 """
@@ -86,12 +90,14 @@ class InlineActor:
     kind = "inline"
 
     def __init__(self, cfg, vec=None):
+        self.cfg = cfg
         self.vec = vec if vec is not None else envs.make_vector_env(cfg)
         self.single_action_space = self.vec.single_action_space
         self.single_observation_space = self.vec.single_observation_space
         self.net: torch.nn.Module | None = None
         self.obs: np.ndarray | None = None
         self.pending: list | None = None
+        self.eval_seeds: list = []
 
     @property
     def busy(self) -> bool:
@@ -123,6 +129,14 @@ class InlineActor:
         steps = play_block(self.vec, self.net, self.obs, plan)
         self.obs = steps[-1][1]
         return steps
+
+    def start_evaluation(self, seeds: list) -> None:
+        """Held-out episodes on `seeds` with the current weights, played when finished (no overlap)."""
+        self.net.load_state_dict(self.source.state_dict())
+        self.eval_seeds = list(seeds)
+
+    def finish_evaluation(self) -> list:
+        return _evaluate(self.cfg, self.net, self.eval_seeds)
 
     def close(self) -> None:
         self.vec.close()
@@ -185,15 +199,26 @@ class ProcessActor:
     def restore(self, blob: bytes, obs: np.ndarray) -> None:
         self._call("restore", blob, obs)
 
+    def _publish(self) -> None:
+        _copy_weights(self.shared, self.source.state_dict())
+
     def start(self, plan: list) -> None:
-        with torch.no_grad():
-            for k, v in self.source.state_dict().items():
-                self.shared[k].copy_(v)
+        self._publish()
         self.conn.send(("block", plan))
         self.busy = True
 
     def collect(self) -> list:
         self.busy = False
+        return self._reply()
+
+    def start_evaluation(self, seeds: list) -> None:
+        """Held-out episodes on `seeds` with the current weights, played by the worker while the trainer
+        plays its own share; the actor is idle between blocks here (an episode's end is stored before
+        the next block starts)."""
+        self._publish()
+        self.conn.send(("evaluate", list(seeds)))
+
+    def finish_evaluation(self) -> list:
         return self._reply()
 
     def close(self) -> None:
@@ -212,6 +237,16 @@ class ProcessActor:
             self.proc.kill()
             self.proc.join(5)
         self.conn.close()
+
+
+def _copy_weights(dest: dict, src: dict) -> None:
+    with torch.no_grad():
+        for k, v in src.items():
+            dest[k].copy_(v)
+
+
+def _evaluate(cfg, net: torch.nn.Module, seeds: list) -> list:
+    return envs.evaluation_returns(cfg, lambda obs: models.greedy_action(net, obs), seeds)
 
 
 def _frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
@@ -242,12 +277,13 @@ def _worker(conn, cfg) -> None:
                 return
             try:
                 if msg[0] == "block":
-                    with torch.no_grad():
-                        for k, v in shared.items():
-                            own[k].copy_(v)
+                    _copy_weights(own, shared)
                     steps = play_block(vec, net, obs, msg[1])
                     obs = steps[-1][1]
                     conn.send(("ok", steps))
+                elif msg[0] == "evaluate":
+                    _copy_weights(own, shared)
+                    conn.send(("ok", _evaluate(cfg, net, msg[1])))
                 elif msg[0] == "attach":
                     shared = msg[1]
                     obs_shape = tuple(vec.single_observation_space.shape)

@@ -308,6 +308,16 @@ def play_episode(env: gym.Env, act, seed: int | None = None, record=None, max_st
     return total, steps
 
 
+def evaluation_returns(cfg, act, seeds) -> list[float]:
+    """Returns of one full episode per seed (no lenient termination), `act(obs) -> action`, in a fresh
+    evaluation environment: the same episodes wherever they are played (trainer or actor process)."""
+    env = make_env(cfg.for_evaluation())
+    try:
+        return [play_episode(env, act, seed=seed)[0] for seed in seeds]
+    finally:
+        env.close()
+
+
 def record_gif(cfg, policy, path, seed: int = 0, fps: int = 20, max_steps: int = 2_000) -> tuple[float, int]:
     """Play one episode with `policy(env) -> act(obs)` and save it as an animated GIF: the agent's
     view (its newest preprocessed frame) beside the full-resolution render. Returns (return, steps)."""

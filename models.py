@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import snntorch as snn
 import torch
 from snntorch import surrogate
@@ -337,6 +338,12 @@ class SpikingQNetwork(nn.Module):
         coef = (powers.cumsum(0) / steps if self.readout == "mean" else powers).flip(0)  # c[s]
         weighted = (coef @ spk.flatten(1)).view(spk.shape[1:])  # [B, H]
         return F.linear(weighted, out_layer.weight, out_layer.bias * coef.sum())
+
+
+def greedy_action(net: nn.Module, obs, device: torch.device | str = "cpu") -> int:
+    """The action of highest Q for one observation (a batch of one, no gradients)."""
+    with torch.no_grad():
+        return int(net(torch.as_tensor(np.asarray(obs)[None], device=device)).argmax(1))
 
 
 def build_q_network(cfg, obs_shape: Sequence[int], n_actions: int) -> nn.Module:

@@ -256,8 +256,7 @@ class Trainer:
             self.checkpoint_due = True  # written at the end of the step, when the state is whole
 
     def greedy(self, obs) -> int:
-        with torch.no_grad():
-            return int(self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device)).argmax(1))
+        return models.greedy_action(self.q_network, obs, self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -420,14 +419,27 @@ class Trainer:
         return bout.Bout(self).run()
 
 
-def held_out_evaluation(t: Trainer, episodes: int) -> float:
-    """Mean return of full greedy episodes (no lenient termination) on held-out tracks, the same
-    every time; the best so far is kept as best.pt (weights + config, the --export format)."""
-    env = envs.make_env(t.cfg.for_evaluation())
+def held_out_returns(t: Trainer, episodes: int) -> list[float]:
+    """Returns of full greedy episodes (no lenient termination) on the held-out tracks EVAL_SEED,
+    EVAL_SEED+1, ... With an actor, the actor plays the second half of the tracks with the current
+    weights while the trainer plays the first (in a worker process: at the same time, on the core the
+    actor's blocks use) — the same episodes, in half the time."""
+    seeds = [EVAL_SEED + i for i in range(episodes)]
+    split = (episodes + 1) // 2 if t.actor is not None else episodes
+    theirs = seeds[split:]
+    if theirs:
+        t.actor.start_evaluation(theirs)
     try:
-        returns = [envs.play_episode(env, t.greedy, seed=EVAL_SEED + i)[0] for i in range(episodes)]
+        mine = envs.evaluation_returns(t.cfg, t.greedy, seeds[:split])
     finally:
-        env.close()
+        their_returns = t.actor.finish_evaluation() if theirs else []
+    return mine + their_returns
+
+
+def held_out_evaluation(t: Trainer, episodes: int) -> float:
+    """Mean return of the held-out episodes (held_out_returns), the same tracks every time; the best so
+    far is kept as best.pt (weights + config, the --export format)."""
+    returns = held_out_returns(t, episodes)
     t.last_eval = float(np.mean(returns))
     log(kv_line("eval", episode=t.episode, global_step=t.global_step, episodes=episodes,
                 mean=round(t.last_eval, 2), min=round(min(returns), 2), max=round(max(returns), 2),

@@ -196,3 +196,31 @@ def test_a_trainer_that_fails_does_not_wait_forever_for_its_worker(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1 and "RuntimeError: boom" in out
     assert not children_of(proc.pid)
+
+
+def test_the_actor_plays_half_the_held_out_episodes_and_they_are_the_trainers_own(tmp_path):
+    """With an actor, the held-out evaluation's second half of the tracks is played by the actor (in the
+    worker process at the same time as the trainer's half) with the current weights: the same returns,
+    in the same order, as the trainer playing every track itself."""
+    import envs
+
+    for arch in ("ann", "snn"):
+        first = tiny(tmp_path, name=f"ev-{arch}", architecture=arch, actor="off", total_steps=400)
+        assert train.main(["--config", str(first), "--new-run"]) == 0
+        for mode in ("process", "inline"):
+            cfg = load_config(tiny(tmp_path, name=f"ev-{arch}", architecture=arch, actor=mode, total_steps=400))
+            t = train.Trainer(cfg, run_dir_of(first), new_run=False)
+            try:
+                assert t.actor.kind == mode
+                alone = envs.evaluation_returns(cfg, t.greedy, [train.EVAL_SEED + i for i in range(5)])
+                assert len(set(alone)) > 1  # the tracks differ, so an order mix-up would show
+                assert train.held_out_returns(t, 5) == alone
+                assert train.held_out_returns(t, 1) == alone[:1]  # one episode: the trainer's alone
+                with torch.no_grad():  # the actor takes the weights of the moment
+                    for p in t.q_network.parameters():
+                        p.mul_(-1.5)
+                changed = envs.evaluation_returns(cfg, t.greedy, [train.EVAL_SEED + i for i in range(5)])
+                assert changed != alone and train.held_out_returns(t, 5) == changed
+            finally:
+                t.vec.close()
+                t.metrics.close()
