@@ -287,3 +287,35 @@ def test_every_shipped_agent_loads_as_a_weights_only_file_and_acts():
         agent = evaluate.load_agent(path, device="cpu")
         obs = np.zeros(stored["obs_shape"], dtype=np.uint8)
         assert 0 <= agent.policy(None)(obs) < 5
+
+
+def test_runs_compared_at_equal_training_time_without_the_pause_between_bouts(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import compare_runs
+
+    header = "episode,global_step,return,length,epsilon,win,loss,sps,wall_time,eval_return,skipped_tiles\n"
+    # run a: 10 s per episode of 100 steps, a 2-hour pause after episode 3 (a stopped and resumed run)
+    walls_a = [0, 10, 20, 7220, 7230, 7240]
+    # run b: 20 s per episode of 100 steps, no pause
+    walls_b = [0, 20, 40, 60, 80, 100]
+    for name, walls in (("a", walls_a), ("b", walls_b)):
+        (tmp_path / name).mkdir()
+        rows = [f"{i + 1},{100 * (i + 1)},{10 * (i + 1) + (name == 'a')},100,0.1,0,,1,{w},{'5' if i == 1 else ''},\n"
+                for i, w in enumerate(walls)]
+        (tmp_path / name / "metrics.csv").write_text(header + "".join(rows))
+    curve = compare_runs.training_curve(tmp_path / "a" / "metrics.csv", gap=300)
+    assert [r["seconds"] for r in curve] == [0, 10, 20, 20, 30, 40]  # the pause is not training time
+    png = tmp_path / "cmp.png"
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--points", "2", "--plot", str(png)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # equal time (40 s, the shorter run's): a played 6 episodes (600 steps), b 3 (300 steps)
+    assert report["equal_time"][1]["a"]["step"] == 600 and report["equal_time"][1]["b"]["step"] == 300
+    # equal steps (600, both runs' end): a took 40 s, b 100 s; b's best eval came at step 200
+    assert report["equal_steps"][1]["a"]["seconds"] == 40 and report["equal_steps"][1]["b"]["seconds"] == 100
+    assert report["equal_steps"][1]["b"]["best_eval"] == 5 and report["equal_steps"][1]["a"]["train_mean_100"] == 36
+    assert png.stat().st_size > 0
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
