@@ -315,13 +315,14 @@ def read_for_user(path: Path) -> dict:
 def check_shape(saved_config: dict, cfg, what: str, hint: str, keys=SHAPE_KEYS,
                 differs: str = "another network shape") -> None:
     """ConfigError when a key that changes the network's shape (or another of `keys`) differs between a
-    checkpoint and `cfg`."""
+    checkpoint and `cfg`. `hint` may name the stored setting as `{setting}` (e.g. `"encoder": "nature"`)."""
     saved_config = as_trained(saved_config)  # a key added later: files before it were trained as PREDATING says
     for key in keys:
         saved = saved_config.get(key, SCHEMA[key].default)  # ... or with the key's default
         if saved != getattr(cfg, key):
+            setting = f"{json.dumps(key)}: {json.dumps(saved)}"
             raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but {what} has "
-                              f"{json.dumps(saved)}, {differs}; {hint}")
+                              f"{json.dumps(saved)}, {differs}; {hint.format(setting=setting)}")
 
 
 # --------------------------------------------------------------------------- weights-only files
@@ -416,7 +417,7 @@ def read_init_weights(cfg, root: Path) -> dict:
     # a plain Q head may start a dueling one (models.plain_to_dueling: the same Q); not the reverse
     to_dueling = cfg.dueling and not saved.get("dueling", False)
     check_shape({**saved, "dueling": True} if to_dueling else saved, cfg, f"the init_weights file {path}",
-                "use the same network shape")
+                "set {setting} in the config to start from this file")
     if to_dueling:
         ckpt = {**ckpt, "q_network": models.plain_to_dueling(ckpt["q_network"], ckpt["n_actions"]),
                 "converted": "plain->dueling"}
@@ -465,7 +466,7 @@ def restore(t, ckpt: dict) -> tuple[str, dict | None]:
 
     Returns (a note on the replay, the environments' saved state or None when it cannot apply)."""
     check_shape(ckpt["config"], t.cfg, "the run's checkpoint",
-                "restore the value or start a new run (python run.py --forcenewrun)")
+                "set {setting} in the config to resume it, or start a new run (python run.py --forcenewrun)")
     t.q_network.load_state_dict(ckpt["q_network"])
     t.target_network.load_state_dict(ckpt["target_network"])
     # this trainer's Adam kernel (fused or not: a checkpoint of another version or machine may differ)

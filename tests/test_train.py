@@ -155,6 +155,7 @@ def test_shape_change_on_resume_is_a_config_error(tmp_path, capsys):
     assert train.main(["--config", str(changed)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hidden_layers" in err[0] and "--forcenewrun" in err[0]
+    assert 'set "hidden_layers": [16] in the config to resume it' in err[0]
     # other changes apply and are listed in one line
     lr = tiny(tmp_path, total_steps=200, learning_rate=5e-4, batch=8)
     assert train.main(["--config", str(lr)]) == 0
@@ -344,6 +345,7 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
         assert train.main(["--config", str(bad), "--new-run"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "init_weights" in err[0]
+        assert "nope" in err[0] or 'set "hidden_layers": [16] in the config' in err[0]  # what to set, not just what differs
     assert [p.read_bytes() for p in sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))] == before
     assert not (run_dir(warm) / "archive").exists()
 
