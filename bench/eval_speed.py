@@ -28,8 +28,9 @@ import train  # noqa: E402
 
 def trainer_for(agent: str, tmp: Path) -> train.Trainer:
     stored = config.as_trained(checkpoints.read_agent(agent, ROOT)[1]["config"])
-    keys = {k: stored[k] for k in ("architecture", "snn_mode", "hidden_layers", "snn_tSteps", "dueling", "encoder",
-                                   "conv_precision", "snn_readout") if k in stored}
+    # the agent's network and observations (its shape keys) and how it plays (precision, SNN dynamics)
+    played = (*config.SHAPE_KEYS, "conv_precision", "snn_readout", "snn_tSteps", "snn_beta")
+    keys = {k: stored[k] for k in played if k in stored}
     cfg = config.load_config({**keys, "name": "eval-speed", "runs_dir": str(tmp), "init_weights": agent,
                               "eval_every": 0})
     return train.Trainer(cfg, cfg.run_dir(), new_run=True)

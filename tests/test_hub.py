@@ -1,7 +1,6 @@
 """Hub mirroring with the real huggingface_hub client against a local stand-in (HF_ENDPOINT)."""
 import base64
 import io
-import os
 import shutil
 import threading
 import time
@@ -287,12 +286,10 @@ def test_push_an_agent_to_the_hub_and_load_it_back(server, tmp_path, capsys, mon
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]  # the card's Python lines run as written
     (tmp_path / "card").mkdir()
     (tmp_path / "card" / "agent.pt").write_bytes(files["agent.pt"])
-    here = os.getcwd()
-    monkeypatch.chdir(tmp_path / "card")
+    monkeypatch.chdir(tmp_path / "card")  # undone by monkeypatch at the test's end
     scope: dict = {}
     exec(snippet, scope)
     assert scope["net"](torch.zeros(2, *weights["obs_shape"])).shape == (2, weights["n_actions"])
-    monkeypatch.chdir(here)
     assert files["replay.gif"][:6] in (b"GIF87a", b"GIF89a")
     assert_no_secrets(server, out, card)
     for blob in [*server.bodies, *files.values()]:

@@ -340,12 +340,12 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
     # a shape mismatch or a missing file is one line, exit 2, and the warm run's files stay
     kept = sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))
     before = [p.read_bytes() for p in kept]
-    for bad in (tiny(tmp_path, name="warm", init_weights=str(src), hidden_layers=[32]),
-                tiny(tmp_path, name="warm", init_weights=str(tmp_path / "nope.pt"))):
+    for bad, says in ((tiny(tmp_path, name="warm", init_weights=str(src), hidden_layers=[32]),
+                       'set "hidden_layers": [16] in the config'),  # what to set, not just what differs
+                      (tiny(tmp_path, name="warm", init_weights=str(tmp_path / "nope.pt")), "nope.pt")):
         assert train.main(["--config", str(bad), "--new-run"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "init_weights" in err[0]
-        assert "nope" in err[0] or 'set "hidden_layers": [16] in the config' in err[0]  # what to set, not just what differs
+        assert len(err) == 1 and "init_weights" in err[0] and says in err[0]
     assert [p.read_bytes() for p in sorted((run_dir(warm) / "checkpoints").glob("ckpt_*.pt"))] == before
     assert not (run_dir(warm) / "archive").exists()
 
