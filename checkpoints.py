@@ -21,14 +21,14 @@ import random
 import re
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 import models
 import publish
-from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, load_config
+from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, kept_former_defaults, load_config
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
@@ -408,12 +408,27 @@ def read_teacher(cfg, root: Path):
     return net.requires_grad_(False), ckpt
 
 
-def read_init_weights(cfg, root: Path) -> dict:
-    """The checkpoint named by `init_weights` (relative to the working folder or `root`), checked
-    against the config's network shape; a plain head converted for a dueling config says so in
+def keep_former_defaults(saved_config: dict, cfg, what: str, log: Callable[[str], None] = print):
+    """`cfg` with the former defaults a stored config was trained with, where `cfg` holds today's
+    default (config.FORMER_DEFAULTS), said in a note line; `cfg` itself when there are none."""
+    kept = kept_former_defaults(saved_config, cfg)
+    if not kept:
+        return cfg
+    settings = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in kept.items())
+    today = ", ".join(f"{json.dumps(k)}: {json.dumps(getattr(cfg, k))}" for k in kept)
+    log(f"note: {what} has {settings}, the former default; the run keeps it (the config holds today's default "
+        f"{today}; write {settings} in the config to say so, or start a new run for the new default)")
+    return cfg.replace(**kept)
+
+
+def read_init_weights(cfg, root: Path, log: Callable[[str], None] = print) -> tuple[dict, Any]:
+    """The checkpoint named by `init_weights` (relative to the working folder or `root`) and the config
+    to build its network with (`cfg`, or with the former defaults the file was trained with), checked
+    against the file's network shape; a plain head converted for a dueling config says so in
     `converted`."""
     path, ckpt = read_named(cfg, "init_weights", root, "random weights")
     saved = ckpt["config"]
+    cfg = keep_former_defaults(saved, cfg, f"the init_weights file {path}", log)
     # a plain Q head may start a dueling one (models.plain_to_dueling: the same Q); not the reverse
     to_dueling = cfg.dueling and not saved.get("dueling", False)
     check_shape({**saved, "dueling": True} if to_dueling else saved, cfg, f"the init_weights file {path}",
@@ -421,7 +436,7 @@ def read_init_weights(cfg, root: Path) -> dict:
     if to_dueling:
         ckpt = {**ckpt, "q_network": models.plain_to_dueling(ckpt["q_network"], ckpt["n_actions"]),
                 "converted": "plain->dueling"}
-    return ckpt
+    return ckpt, cfg
 
 
 def trained_steps(ckpt: dict) -> int | None:

@@ -5,7 +5,8 @@ and the rule that `upload_to_cloud` needs the Hub keys of `.env`.
 
 Standard library only: `run.py` validates a config with it before any requirement is installed. The
 defaults are the values of `conf.json.example` (a test checks it). Keys marked `shape=True` change the
-network's parameter shapes: a resume or `init_weights` with another value is refused.
+network's parameter shapes: a resume or `init_weights` with another value is refused, except where
+the key's default changed (FORMER_DEFAULTS).
 """
 from __future__ import annotations
 
@@ -123,9 +124,10 @@ def _keys() -> list[Key]:
           "AMX, on an H200 no faster, docs/benchmarks.md), or `auto`: bfloat16 on a CPU that has it, float32 on "
           "other CPUs, on CUDA and for a full SNN. Not a shape key: it may change on resume.",
           choices=("auto", "float32", "bfloat16")),
-        K("encoder", "nature", "str", "Convolutional encoder of image observations (ANN, hybrid and full SNN): `nature` "
-          "(Nature DQN: 32, 64, 64 channels) or `nips` (the first DQN: 16 and 32 channels, about a third of the "
-          "arithmetic; docs/benchmarks.md).", choices=("nature", "nips"), shape=True),
+        K("encoder", "nips", "str", "Convolutional encoder of image observations (ANN, hybrid and full SNN): `nips` "
+          "(the first DQN: 16 and 32 channels) or `nature` (Nature DQN: 32, 64, 64 channels, about three times the "
+          "arithmetic; docs/benchmarks.md). A run or init_weights file trained with `nature` (the default before "
+          "2026-12-03) keeps it while the config holds the default.", choices=("nature", "nips"), shape=True),
         K("actor", "auto", "str", "Who steps the environments: `process` (a worker process with a copy of the network "
           "steps the next `train_every` agent steps while the learner updates; the policy is one update behind the "
           "plain loop's; docs/training.md), `inline` (the same blocks in the trainer's process, no overlap), `off` (the "
@@ -166,6 +168,20 @@ PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off", "encod
 def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
     """A stored config with the keys it predates filled in as it was trained (PREDATING)."""
     return {**PREDATING, **saved}
+
+
+# Shape keys whose default changed, with the former default: a run (or an init_weights file) trained
+# with the former value continues with it while the config holds today's default — a conf.json that
+# leaves the key out, after run.py's git sync brought the new default, must not strand the run.
+FORMER_DEFAULTS: dict[str, Any] = {"encoder": "nature"}
+
+
+def kept_former_defaults(saved: dict[str, Any], cfg) -> dict[str, Any]:
+    """The keys of FORMER_DEFAULTS where `cfg` holds today's default and the stored config `saved`
+    (a checkpoint's) the former one: what the run keeps of its own."""
+    saved = as_trained(saved)
+    return {key: old for key, old in FORMER_DEFAULTS.items()
+            if getattr(cfg, key) == SCHEMA[key].default != old and saved.get(key, SCHEMA[key].default) == old}
 
 CARRACING_IDS = ("CarRacing-v3", "FastCarRacing-v3")
 SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)

@@ -51,7 +51,7 @@ class Trainer:
         self.device = models.resolve_device(cfg.device)
         seed_everything(cfg.seed)
         # bad input fails before anything of the run is touched
-        init = checkpoints.read_init_weights(cfg, ROOT) if cfg.init_weights else None
+        init, fresh_cfg = checkpoints.read_init_weights(cfg, ROOT, log) if cfg.init_weights else (None, cfg)
         check_upload_settings(cfg, hub.hub_environment())
         if cfg.wandb_project:
             metrics.require_wandb()
@@ -68,6 +68,15 @@ class Trainer:
                         until_step=cfg.teacher_steps or "end"))
         if new_run:
             archive_previous_run(run_dir)
+        # the checkpoint to continue from comes before the networks: a run keeps the former default of a
+        # shape key the config leaves at today's (config.FORMER_DEFAULTS), a fresh one an init_weights file's
+        self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
+        found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
+        if found is not None:
+            cfg = checkpoints.keep_former_defaults(found[1]["config"], cfg, "the run's checkpoint", log)
+        else:
+            cfg = fresh_cfg
+        self.cfg = cfg
         self.actor = make_actor(cfg, self.vec, self.obs_shape, self.device)
         if self.actor is not None:
             self.vec = self.actor  # the actor owns the environments: reset, snapshot and close go through it
@@ -102,8 +111,6 @@ class Trainer:
         self.checkpoint_due = False
         self.sps = 0.0
 
-        self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
-        found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
         if found is None and not new_run:  # nothing to continue from: keep what is there, never wipe it
             archive_previous_run(run_dir, why="no checkpoint of the run could be loaded")
         if found is None and self.hub is not None:  # and the Hub folder holds this run alone
@@ -598,9 +605,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(LAUNCHER_PID_ENV):
             runlock.follow_parent(int(os.environ[LAUNCHER_PID_ENV]))
         trainer = Trainer(cfg, run_dir, new_run=args.new_run or not cfg.continue_run)
-        # the run's config.json changes only once the trainer accepted the config (shape, env, device)
+        # the run's config.json changes only once the trainer accepted the config (shape, env, device); it
+        # holds what the run trains with (a former default kept from its checkpoint included)
         if Path(args.config).resolve() != (run_dir / "config.json").resolve():
-            utils.atomic_write_json(run_dir / "config.json", cfg.to_dict())
+            utils.atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
         return trainer.run()
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)

@@ -112,7 +112,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"bf16-nips{sfx}": ("conv_precision bfloat16, encoder nips" + (f", seed {seed}" if seed else ""),
                            {"conv_precision": "bfloat16", "encoder": "nips", **({"seed": seed} if seed else {})})
        for seed, sfx in ((0, ""), (1, "-seed1"))},
-    # the same for the hybrid SNN, and its reference on today's default encoder (bfloat16, Nature)
+    # the same for the hybrid SNN, and its reference on the Nature encoder (bfloat16; the default until 2026-12-03)
     **{f"snn-bf16{enc_sfx}{sfx}": ("SNN hybrid T=25, readout mean, bfloat16 encoder" + (", encoder nips" if enc_sfx else "")
                                    + (f", seed {seed}" if seed else ""),
                                    {"architecture": "snn", "snn_readout": "mean", "conv_precision": "bfloat16",

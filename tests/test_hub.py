@@ -109,6 +109,21 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     assert utils.read_status(run_dir(second))["global_step"] == 400
 
 
+def test_a_fresh_machine_keeps_the_former_default_of_the_hubs_checkpoint(server, tmp_path, capsys):
+    """The checkpoint a fresh machine resumes comes from the Hub; it still decides a former default
+    (config.FORMER_DEFAULTS) before the networks are built."""
+    first = config(tmp_path, total_steps=200, encoder="nature")
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    shutil.rmtree(run_dir(first))
+    capsys.readouterr()
+    second = config(tmp_path, total_steps=300)  # encoder left at today's default
+    assert train.main(["--config", str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "no local checkpoint" in out and 'has "encoder": "nature", the former default' in out
+    _, ckpt = checkpoints.load_newest(run_dir(second) / "checkpoints")
+    assert ckpt["config"]["encoder"] == "nature" and ckpt["counters"]["global_step"] == 300
+
+
 def test_newer_hub_checkpoint_is_preferred(server, tmp_path, capsys):
     cfg = config(tmp_path, total_steps=250)
     train.main(["--config", str(cfg), "--new-run"])

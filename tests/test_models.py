@@ -9,7 +9,7 @@ import models
 from snn_reference import naive_forward
 from config import ConfigError, load_config
 
-IMAGE = (4, 40, 40)  # the smallest comfortable size for the Nature encoder (needs >= 36)
+IMAGE = (4, 40, 40)  # comfortable for both encoders (Nature needs >= 36, nips >= 20)
 VECTOR = (8,)
 
 
@@ -155,9 +155,9 @@ def test_state_dict_round_trip(arch, tmp_path):
 
 def test_impossible_shapes_are_config_errors():
     with pytest.raises(ConfigError, match="too small for the 'nature' convolutional encoder .* at least 36x36"):
-        models.build_q_network(cfg(), (4, 30, 30), 5)
+        models.build_q_network(cfg(encoder="nature"), (4, 30, 30), 5)
     with pytest.raises(ConfigError, match="too small for the 'nips' convolutional encoder .* at least 20x20"):
-        models.build_q_network(cfg(encoder="nips"), (4, 19, 30), 5)
+        models.build_q_network(cfg(), (4, 19, 30), 5)  # the default
     for side, encoder in ((36, "nature"), (20, "nips")):  # the sizes the messages name do build
         assert models.conv_output_shape((4, side, side), encoder)[1:] == (1, 1)
     with pytest.raises(ConfigError, match="neither a vector"):
@@ -183,9 +183,10 @@ def test_the_nips_encoder_is_two_smaller_convolutions(arch):
     q = net(batch(IMAGE))
     q.sum().backward()
     assert convs[0].weight.grad.abs().sum() > 0
-    plain = net_for(IMAGE, **arch)
+    nature = net_for(IMAGE, encoder="nature", **arch)
+    assert [m.out_channels for m in nature.modules() if isinstance(m, torch.nn.Conv2d)] == [32, 64, 64]
     with pytest.raises(RuntimeError):  # the other encoder's weights do not fit
-        plain.load_state_dict(net.state_dict())
+        nature.load_state_dict(net.state_dict())
 
 
 def test_resolve_device():

@@ -350,6 +350,42 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
     assert not (run_dir(warm) / "archive").exists()
 
 
+def test_a_run_or_file_trained_with_a_former_default_keeps_it(tmp_path, capsys):
+    """encoder's default moved from nature to nips (config.FORMER_DEFAULTS): a run trained with nature
+    resumes under a config that leaves the key out, and builds the nature network it was trained with;
+    an init_weights file does the same for a new run. A value that is not the former default (or set
+    against a run trained with today's default) is still another network shape: one line, exit 2."""
+    image = dict(env_id="CarRacing-v3", architecture="snn", learning_starts=30, replay_size=200, obs_size=40,
+                 obs_crop=[0, 0, 0, 0], batch=4, hidden_layers=[16])
+    old = tiny(tmp_path, name="old", encoder="nature", total_steps=40, **image)
+    assert train.main(["--config", str(old), "--new-run"]) == 0
+    assert load_config(tiny(tmp_path, **image)).encoder == "nips"  # today's default
+    capsys.readouterr()
+    later = tiny(tmp_path, name="old", total_steps=60, **image)  # the key left out: today's default
+    assert train.main(["--config", str(later)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the run's checkpoint has \"encoder\": \"nature\", the former default; the run keeps it" in out
+    assert "resumed checkpoint=" in out and "encoder=nature" in out
+    ckpt = final_weights(later)
+    assert ckpt["counters"]["global_step"] == 60 and ckpt["config"]["encoder"] == "nature"
+    assert "encoder.0.weight" in ckpt["q_network"] and ckpt["q_network"]["encoder.0.weight"].shape[0] == 32
+    assert utils.read_json(run_dir(later) / "config.json")["encoder"] == "nature"
+    src = sorted((run_dir(later) / "checkpoints").glob("ckpt_*.pt"))[-1]
+    warm = tiny(tmp_path, name="warm", total_steps=1, learning_starts=1000, init_weights=str(src),
+                **{k: v for k, v in image.items() if k != "learning_starts"})
+    assert train.main(["--config", str(warm), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: the init_weights file {src} has \"encoder\": \"nature\"" in out and "init_weights path=" in out
+    assert all(torch.equal(final_weights(warm)["q_network"][k], v) for k, v in ckpt["q_network"].items())
+    # today's default against a run trained with it: set otherwise, the resume is refused as before
+    new = tiny(tmp_path, name="new", total_steps=40, **image)
+    assert train.main(["--config", str(new), "--new-run"]) == 0
+    capsys.readouterr()
+    assert train.main(["--config", str(tiny(tmp_path, name="new", encoder="nature", total_steps=60, **image))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'set "encoder": "nips" in the config to resume it' in err[0]
+
+
 def test_init_weights_from_a_plain_head_starts_a_dueling_run_with_the_same_q(tmp_path, capsys):
     donor = tiny(tmp_path, name="donor", total_steps=200)
     assert train.main(["--config", str(donor), "--new-run"]) == 0
