@@ -1,8 +1,12 @@
 """Helpers shared by the test files: tiny CartPole configs written to disk and their run folders; CarRacing
 tiles marked as touched."""
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
+import config
 from config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +27,14 @@ def write_config(tmp_path: Path, **keys) -> Path:
 
 def run_dir_of(cfg_path: Path) -> Path:
     return load_config(cfg_path).run_dir(REPO)
+
+
+@pytest.fixture
+def encoder_default_changed(monkeypatch):
+    """The schema as a studio sees it after run.py's git sync brought a changed default of a shape key:
+    `encoder` defaults to nips, nature being the former default (config.FORMER_DEFAULTS)."""
+    monkeypatch.setitem(config.SCHEMA, "encoder", dataclasses.replace(config.SCHEMA["encoder"], default="nips"))
+    monkeypatch.setitem(config.FORMER_DEFAULTS, "encoder", "nature")
 
 
 def touch_tiles(env, *tiles):

@@ -109,14 +109,15 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     assert utils.read_status(run_dir(second))["global_step"] == 400
 
 
-def test_a_fresh_machine_keeps_the_former_default_of_the_hubs_checkpoint(server, tmp_path, capsys):
+def test_a_fresh_machine_keeps_the_former_default_of_the_hubs_checkpoint(server, tmp_path, capsys,
+                                                                        encoder_default_changed):
     """The checkpoint a fresh machine resumes comes from the Hub; it still decides a former default
     (config.FORMER_DEFAULTS) before the networks are built."""
-    first = config(tmp_path, total_steps=200, encoder="nature")
+    first = config(tmp_path, total_steps=200, encoder="nature")  # trained with the former default
     assert train.main(["--config", str(first), "--new-run"]) == 0
     shutil.rmtree(run_dir(first))
     capsys.readouterr()
-    second = config(tmp_path, total_steps=300)  # encoder left at today's default
+    second = config(tmp_path, total_steps=300)  # encoder left at today's default, nips
     assert train.main(["--config", str(second)]) == 0
     out = capsys.readouterr().out
     assert "no local checkpoint" in out and 'has "encoder": "nature", the former default' in out

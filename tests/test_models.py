@@ -157,7 +157,7 @@ def test_impossible_shapes_are_config_errors():
     with pytest.raises(ConfigError, match="too small for the 'nature' convolutional encoder .* at least 36x36"):
         models.build_q_network(cfg(encoder="nature"), (4, 30, 30), 5)
     with pytest.raises(ConfigError, match="too small for the 'nips' convolutional encoder .* at least 20x20"):
-        models.build_q_network(cfg(), (4, 19, 30), 5)  # the default
+        models.build_q_network(cfg(encoder="nips"), (4, 19, 30), 5)
     for side, encoder in ((36, "nature"), (20, "nips")):  # the sizes the messages name do build
         assert models.conv_output_shape((4, side, side), encoder)[1:] == (1, 1)
     with pytest.raises(ConfigError, match="neither a vector"):

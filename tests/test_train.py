@@ -350,14 +350,15 @@ def test_init_weights_starts_a_new_run_from_trained_weights(tmp_path, capsys):
     assert not (run_dir(warm) / "archive").exists()
 
 
-def test_a_run_or_file_trained_with_a_former_default_keeps_it(tmp_path, capsys):
-    """encoder's default moved from nature to nips (config.FORMER_DEFAULTS): a run trained with nature
-    resumes under a config that leaves the key out, and builds the nature network it was trained with;
-    an init_weights file does the same for a new run. A value that is not the former default (or set
-    against a run trained with today's default) is still another network shape: one line, exit 2."""
+def test_a_run_or_file_trained_with_a_former_default_keeps_it(tmp_path, capsys, encoder_default_changed):
+    """A shape key's default changed (here encoder, nature -> nips, listed in config.FORMER_DEFAULTS): a
+    run trained with the former value resumes under a config that leaves the key out and builds the
+    network it was trained with; an init_weights file does the same for a new run. A value that is not
+    the former default (or set against a run trained with today's default) is still another network
+    shape: one line, exit 2."""
     image = dict(env_id="CarRacing-v3", architecture="snn", learning_starts=30, replay_size=200, obs_size=40,
                  obs_crop=[0, 0, 0, 0], batch=4, hidden_layers=[16])
-    old = tiny(tmp_path, name="old", encoder="nature", total_steps=40, **image)
+    old = tiny(tmp_path, name="old", encoder="nature", total_steps=40, **image)  # trained with the former default
     assert train.main(["--config", str(old), "--new-run"]) == 0
     assert load_config(tiny(tmp_path, **image)).encoder == "nips"  # today's default
     capsys.readouterr()
