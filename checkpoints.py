@@ -28,7 +28,7 @@ import torch
 
 import models
 import publish
-from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, kept_former_defaults, load_config
+from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, keep_former_defaults, load_config
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
@@ -406,19 +406,6 @@ def read_teacher(cfg, root: Path):
                 keys=OBSERVATION_KEYS, differs="other observations")
     _, net = build_network(ckpt, cfg.device, path)
     return net.requires_grad_(False), ckpt
-
-
-def keep_former_defaults(saved_config: dict, cfg, what: str, log: Callable[[str], None] = print):
-    """`cfg` with the former defaults a stored config was trained with, where `cfg` holds today's
-    default (config.FORMER_DEFAULTS), said in a note line; `cfg` itself when there are none."""
-    kept = kept_former_defaults(saved_config, cfg)
-    if not kept:
-        return cfg
-    settings = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in kept.items())
-    today = ", ".join(f"{json.dumps(k)}: {json.dumps(getattr(cfg, k))}" for k in kept)
-    log(f"note: {what} has {settings}, the former default; the run keeps it (the config holds today's default "
-        f"{today}; write {settings} in the config to say so, or start a new run for the new default)")
-    return cfg.replace(**kept)
 
 
 def read_init_weights(cfg, root: Path, log: Callable[[str], None] = print) -> tuple[dict, Any]:

@@ -177,12 +177,20 @@ def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
 FORMER_DEFAULTS: dict[str, Any] = {}
 
 
-def kept_former_defaults(saved: dict[str, Any], cfg) -> dict[str, Any]:
-    """The keys of FORMER_DEFAULTS where `cfg` holds today's default and the stored config `saved`
-    (a checkpoint's) the former one: what the run keeps of its own."""
+def keep_former_defaults(saved: dict[str, Any], cfg, what: str, log=print):
+    """`cfg` with the former defaults (FORMER_DEFAULTS) the stored config `saved` (a checkpoint's, `what`)
+    was trained with, where `cfg` holds today's default, said in a note line; `cfg` itself when none."""
     saved = as_trained(saved)
-    return {key: old for key, old in FORMER_DEFAULTS.items()
+    kept = {key: old for key, old in FORMER_DEFAULTS.items()
             if getattr(cfg, key) == SCHEMA[key].default != old and saved.get(key, SCHEMA[key].default) == old}
+    if not kept:
+        return cfg
+    settings = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in kept.items())
+    today = ", ".join(f"{json.dumps(k)}: {json.dumps(getattr(cfg, k))}" for k in kept)
+    log(f"note: {what} has {settings}, the former default; the run keeps it (the config holds today's default "
+        f"{today}; write {settings} in the config to say so, or start a new run for the new default)")
+    return cfg.replace(**kept)
+
 
 CARRACING_IDS = ("CarRacing-v3", "FastCarRacing-v3")
 SHAPE_KEYS: tuple[str, ...] = tuple(k.name for k in SCHEMA.values() if k.shape)

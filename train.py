@@ -29,7 +29,8 @@ import metrics
 import models
 import runlock
 import utils
-from config import ConfigError, as_trained, check_upload_settings, load_config, one_line_cli_errors
+from config import (ConfigError, as_trained, check_upload_settings, keep_former_defaults, load_config,
+                    one_line_cli_errors)
 from replay import ReplayBuffer
 from bout import log
 from utils import kv_line
@@ -73,7 +74,7 @@ class Trainer:
         self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
         found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
         if found is not None:
-            cfg = checkpoints.keep_former_defaults(found[1]["config"], cfg, "the run's checkpoint", log)
+            cfg = keep_former_defaults(found[1]["config"], cfg, "the run's checkpoint", log)
         else:
             cfg = fresh_cfg
         self.cfg = cfg
