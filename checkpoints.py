@@ -28,7 +28,7 @@ import torch
 
 import models
 import publish
-from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, keep_former_defaults, load_config
+from config import SCHEMA, SHAPE_KEYS, ConfigError, as_trained, keep_former_defaults, load_config, settings_text
 from utils import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = 1
@@ -320,7 +320,7 @@ def check_shape(saved_config: dict, cfg, what: str, hint: str, keys=SHAPE_KEYS,
     for key in keys:
         saved = saved_config.get(key, SCHEMA[key].default)  # ... or with the key's default
         if saved != getattr(cfg, key):
-            setting = f"{json.dumps(key)}: {json.dumps(saved)}"
+            setting = settings_text({key: saved})
             raise ConfigError(f"config key '{key}' is {json.dumps(getattr(cfg, key))} but {what} has "
                               f"{json.dumps(saved)}, {differs}; {hint.format(setting=setting)}")
 

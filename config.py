@@ -177,6 +177,11 @@ def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
 FORMER_DEFAULTS: dict[str, Any] = {}
 
 
+def settings_text(keys: Mapping[str, Any]) -> str:
+    """Config keys as the user writes them in conf.json: `"encoder": "nature", "dueling": true`."""
+    return ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
+
+
 def keep_former_defaults(saved: dict[str, Any], cfg, what: str, log=print):
     """`cfg` with the former defaults (FORMER_DEFAULTS) the stored config `saved` (a checkpoint's, `what`)
     was trained with, where `cfg` holds today's default, said in a note line; `cfg` itself when none."""
@@ -185,8 +190,7 @@ def keep_former_defaults(saved: dict[str, Any], cfg, what: str, log=print):
             if getattr(cfg, key) == SCHEMA[key].default != old and saved.get(key, SCHEMA[key].default) == old}
     if not kept:
         return cfg
-    settings = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in kept.items())
-    today = ", ".join(f"{json.dumps(k)}: {json.dumps(getattr(cfg, k))}" for k in kept)
+    settings, today = settings_text(kept), settings_text({k: getattr(cfg, k) for k in kept})
     log(f"note: {what} has {settings}, the former default; the run keeps it (the config holds today's default "
         f"{today}; write {settings} in the config to say so, or start a new run for the new default)")
     return cfg.replace(**kept)
