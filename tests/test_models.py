@@ -240,6 +240,28 @@ def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frame
                            models._encode(encoder, models._to_float(obs, torch.bfloat16), True))
 
 
+@pytest.mark.parametrize("arch", ARCHS[:2], ids=ARCH_IDS[:2])
+def test_the_channels_last_bfloat16_encoder_equals_the_default_layout_bit_for_bit(arch):
+    """The bfloat16 encoder runs channels-last (its weights and its frames): the same Q and gradients, bit
+    for bit, as the same network in the default layout fed the default layout's frames — at a batch of
+    64 frames of 84x84 (CarRacing's update), where oneDNN's kernels are the ones training uses."""
+    fast = lively(net_for((4, 84, 84), conv_precision="bfloat16", hidden_layers=[64], **arch), 1.5)
+    encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
+    convs = [m for m in encoder if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    plain = copy.deepcopy(fast).to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    obs = batch((4, 84, 84), b=64)
+    x = models.network_input(fast, obs)
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    q_fast, q_plain = fast(obs), plain(x.contiguous())  # the default layout's frames: the values of x
+    assert torch.equal(q_fast, q_plain) and q_fast.abs().sum() > 0
+    (q_fast ** 2).sum().backward()
+    (q_plain ** 2).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert a.grad.abs().sum() > 0 and torch.equal(a.grad, b.grad), name
+
+
 @pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("obs_shape", [IMAGE, VECTOR], ids=["image", "vector"])
