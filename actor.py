@@ -103,7 +103,7 @@ class InlineActor:
     def busy(self) -> bool:
         return self.pending is not None
 
-    def attach(self, q_network: torch.nn.Module) -> None:
+    def attach(self, q_network: torch.nn.Module, target_network: torch.nn.Module | None = None) -> None:
         """The network whose weights `start` publishes: a frozen CPU copy, so that the learner's updates
         during a block do not reach the block (the same lag as the worker's)."""
         self.source = q_network
@@ -120,7 +120,9 @@ class InlineActor:
         envs.restore_vector_env(self.vec, blob)
         self.obs = obs
 
-    def start(self, plan: list) -> None:
+    def start(self, plan: list, next_obs: np.ndarray | None = None, target_version: int = 0) -> None:
+        if next_obs is not None:
+            raise ValueError("the inline actor computes no target Q (the trainer's own update does)")
         self.net.load_state_dict(self.source.state_dict())
         self.pending = plan
 
@@ -185,10 +187,21 @@ class ProcessActor:
         self.conn.send(msg)
         return self._reply()
 
-    def attach(self, q_network: torch.nn.Module) -> None:
+    def attach(self, q_network: torch.nn.Module, target_network: torch.nn.Module | None = None) -> None:
+        """`target_network` too: the worker can then run the target network's pass over an update's s'
+        (`start`'s next_obs) before it plays the block — the same pass on the same weights, done on the
+        core the block would otherwise leave idle while the learner runs the rest of the update. (Only
+        this pass: the learner needs its answer before its backward pass, and its own online passes
+        over s' and s take as long as the worker's one.)"""
         self.source = q_network
-        self.shared = {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in q_network.state_dict().items()}
-        self._call("attach", self.shared)
+        self.shared = _shared_copy(q_network)
+        self.target_source = target_network
+        self.shared_target = _shared_copy(target_network) if target_network is not None else None
+        self.target_version = None  # the version of the target weights last published
+        self.batch: torch.Tensor | None = None  # shared: the s' of the update the worker evaluates
+        self.answer: torch.Tensor | None = None  # shared: the target network's Q of it
+        self.target_pending = False
+        self._call("attach", self.shared, self.shared_target)
 
     def reset(self, seed: int) -> np.ndarray:
         return self._call("reset", seed)
@@ -202,12 +215,37 @@ class ProcessActor:
     def _publish(self) -> None:
         _copy_weights(self.shared, self.source.state_dict())
 
-    def start(self, plan: list) -> None:
+    def start(self, plan: list, next_obs: np.ndarray | None = None, target_version: int = 0) -> None:
+        """Play `plan` with the current weights; with `next_obs` (an update's s' batch) the worker first
+        runs the target network over it (`target_version` says when the target's weights changed since the
+        last publication), which `target_q` waits for."""
         self._publish()
-        self.conn.send(("block", plan))
+        target = next_obs is not None
+        if target:
+            if self.target_version != target_version:  # the worker is idle: safe to write
+                _copy_weights(self.shared_target, self.target_source.state_dict())
+                self.target_version = target_version
+            obs = torch.from_numpy(next_obs)
+            if self.batch is None or self.batch.shape != obs.shape or self.batch.dtype != obs.dtype:
+                self.batch = obs.clone().share_memory_()
+                self.answer = torch.empty((len(obs), self.single_action_space.n)).share_memory_()
+                self.conn.send(("buffers", self.batch, self.answer))
+            else:
+                self.batch.copy_(obs)
+            self.target_pending = True
+        self.conn.send(("block", plan, target, self.target_version))
         self.busy = True
 
+    def target_q(self) -> torch.Tensor:
+        """The target network's Q `[batch, actions]` of the s' sent with the block (valid until the next
+        block starts)."""
+        self.target_pending = False
+        self._reply()
+        return self.answer
+
     def collect(self) -> list:
+        if self.target_pending:  # asked for and never used (an update that did not run): the answer goes
+            self.target_q()
         self.busy = False
         return self._reply()
 
@@ -245,6 +283,10 @@ def _copy_weights(dest: dict, src: dict) -> None:
             dest[k].copy_(v)
 
 
+def _shared_copy(net: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in net.state_dict().items()}
+
+
 def _evaluate(cfg, net: torch.nn.Module, seeds: list) -> list:
     return envs.evaluation_returns(cfg, lambda obs: models.greedy_action(net, obs), seeds)
 
@@ -269,6 +311,7 @@ def _worker(conn, cfg) -> None:
         conn.send(("error", traceback.format_exc()))
         return
     net = shared = own = obs = None
+    target = shared_target = target_version = batch = answer = None
     try:
         while True:
             try:
@@ -277,6 +320,13 @@ def _worker(conn, cfg) -> None:
                 return
             try:
                 if msg[0] == "block":
+                    if msg[2]:  # the target network's pass over the s' of the learner's next update
+                        if target_version != msg[3]:
+                            target.load_state_dict(shared_target)
+                            target_version = msg[3]
+                        with torch.no_grad():
+                            answer.copy_(target(models.network_input(target, batch)))
+                        conn.send(("ok", None))
                     _copy_weights(own, shared)
                     steps = play_block(vec, net, obs, msg[1])
                     obs = steps[-1][1]
@@ -284,13 +334,19 @@ def _worker(conn, cfg) -> None:
                 elif msg[0] == "evaluate":
                     _copy_weights(own, shared)
                     conn.send(("ok", _evaluate(cfg, net, msg[1])))
+                elif msg[0] == "buffers":
+                    batch, answer = msg[1], msg[2]
                 elif msg[0] == "attach":
-                    shared = msg[1]
+                    shared, shared_target = msg[1], msg[2]
                     obs_shape = tuple(vec.single_observation_space.shape)
                     net = models.build_q_network(cfg, obs_shape, int(vec.single_action_space.n))
                     net.requires_grad_(False)
                     net.load_state_dict(shared)
                     own = net.state_dict()  # views of the network's tensors
+                    if shared_target is not None:
+                        target = models.build_q_network(cfg, obs_shape, int(vec.single_action_space.n))
+                        target.requires_grad_(False)
+                        target_version = None
                     conn.send(("ok", None))
                 elif msg[0] == "reset":
                     obs, _ = vec.reset(seed=msg[1])

@@ -85,8 +85,13 @@ class Trainer:
         self.target_network = models.build_q_network(cfg, self.obs_shape, self.n_actions).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
+        # with a worker process on the CPU the worker runs the target network's pass over each update's s'
+        # (the same pass on the same weights) while the trainer runs the rest of the update
+        self.remote_target = self.actor is not None and self.actor.kind == "process" and self.device.type == "cpu"
+        self.target_version = 0  # counts the target network's changes (the worker's copy follows it)
+        self.prefetched = None  # the batch of the next update, sampled before its block started
         if self.actor is not None:
-            self.actor.attach(self.q_network)
+            self.actor.attach(self.q_network, self.target_network if self.remote_target else None)
         self.optimizer = make_adam(self.q_network.parameters(), cfg.learning_rate)
         self.replay, self.replay_mb = make_replay(cfg, self.obs_shape)
         self.replay_segments = checkpoints.ReplaySegments(self.ckpt_dir)  # the replay's frames on disk
@@ -158,26 +163,35 @@ class Trainer:
             self.metrics.scalar(f"debug/firing_rate_{layer}", rate, self.global_step)
         return q
 
-    def update(self) -> None:
+    def sample(self):
         cfg = self.cfg
         beta = cfg.per_beta + (1 - cfg.per_beta) * min(1.0, self.global_step / max(cfg.total_steps, 1_000_000))
-        b = self.replay.sample(cfg.batch, self.rng, beta, cfg.n_step, cfg.gamma, cfg.reward_clip)
+        return self.replay.sample(cfg.batch, self.rng, beta, cfg.n_step, cfg.gamma, cfg.reward_clip)
+
+    def update(self) -> None:
+        cfg = self.cfg
+        b, self.prefetched = self.prefetched, None
+        remote = b is not None  # sampled before its block started: the worker runs the target's pass
+        if b is None:
+            b = self.sample()
         dev = self.device
         obs = torch.as_tensor(b.observations, device=dev)
-        next_obs = torch.as_tensor(b.next_observations, device=dev)
         actions = torch.as_tensor(b.actions, device=dev)
         rewards = torch.as_tensor(b.rewards, device=dev)
         if cfg.reward_clip > 0 and b.discounts is None:  # n-step sums were clipped per step in the replay
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
         not_done = 1.0 - torch.as_tensor(b.terminateds, device=dev)
         discount = cfg.gamma if b.discounts is None else torch.as_tensor(b.discounts, device=dev)
-        with torch.no_grad():
-            next_obs = models.network_input(self.q_network, next_obs)  # converted once for both networks
-            # Double DQN: the online network picks the action at s', the target network evaluates it
-            next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
-            next_q = self.target_network(next_obs).gather(1, next_actions).squeeze(1)
-            target = rewards + discount * not_done * next_q
+        next_obs = torch.as_tensor(b.next_observations, device=dev)
+        if not remote:
+            next_q = models.double_q(self.q_network, self.target_network, next_obs)
+        else:  # the target network's pass was done in the worker, on the same weights
+            with torch.no_grad():
+                next_actions = self.q_network(models.network_input(self.q_network, next_obs)).argmax(1, keepdim=True)
         q_all = self.q_network(obs)
+        if remote:
+            next_q = self.actor.target_q().gather(1, next_actions).squeeze(1)
+        target = rewards + discount * not_done * next_q
         q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         weights = torch.as_tensor(b.weights, device=dev)
         td_loss = loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()
@@ -214,6 +228,7 @@ class Trainer:
         return cfg.teacher_weight * max(0.0, 1.0 - self.global_step / cfg.teacher_steps)
 
     def update_target(self) -> None:
+        self.target_version += 1
         tau = self.cfg.target_tau
         if tau >= 1.0:
             self.target_network.load_state_dict(self.q_network.state_dict())
@@ -368,13 +383,24 @@ class Trainer:
         if self.checkpoint_due:
             self.save_checkpoint()
 
-    def _start_block(self) -> None:
-        """Publish the online network and let the actor step the next block (ε's coins drawn here)."""
+    def _start_block(self, prefetch: bool = False) -> None:
+        """Publish the online network and let the actor step the next block (ε's coins drawn here). With
+        `prefetch` the first update this block pays for samples its batch now (after the coins, the order
+        of the plain loop's draws), and the worker runs the target network's pass over its s' before it plays."""
         cfg = self.cfg
         steps = max(1, cfg.train_every // cfg.agents)
         if cfg.total_steps:  # no step past the budget
             steps = max(1, min(steps, -(-(cfg.total_steps - self.global_step) // cfg.agents)))
-        self.actor.start(actors.plan_block(self.rng, steps, cfg.agents, self.epsilon, self.n_actions))
+        plan = actors.plan_block(self.rng, steps, cfg.agents, self.epsilon, self.n_actions)
+        if prefetch:
+            self.prefetched = self.sample()
+        self.actor.start(plan, self.prefetched.next_observations if prefetch else None, self.target_version)
+
+    def _updates_due(self, real: int) -> bool:
+        """Whether `_learn(real)` will run an update (the same test, on the same numbers)."""
+        cfg = self.cfg
+        return (self.global_step >= cfg.learning_starts and not self.learning_stopped
+                and self.update_credit + real / cfg.train_every >= 1)
 
     def _finish_block(self, block: list, start_next: bool = False) -> None:
         """Store a block's steps; start the next one (unless a checkpoint or the budget comes first: a
@@ -385,7 +411,7 @@ class Trainer:
                 self.record_firing_rates(self.obs)
             real += self._store(actions, *result)
         if start_next and not self.checkpoint_due and self.budget_reached() is None:
-            self._start_block()
+            self._start_block(prefetch=self.remote_target and self._updates_due(real))
         self._learn(real)
 
     def _store(self, actions, next_obs, rewards, terms, truncs, infos) -> int:

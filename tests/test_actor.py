@@ -67,6 +67,29 @@ def test_worker_process_learns_exactly_like_the_inline_actor_and_the_lag_is_real
     assert not same_weights(p["q_network"], o["q_network"])
 
 
+def test_the_workers_target_q_is_the_trainers_own_for_images_too(tmp_path):
+    """On the CPU the worker computes the target network's Q of each update's s' before it plays its block
+    (the trainer runs the rest of the update meanwhile): CarRacing frames through the convolutional encoder
+    (the bfloat16 one for the ANN), ANN and hybrid SNN, soft and hard target updates — the same weights, bit
+    for bit, as the inline actor whose updates compute it in the trainer."""
+    image = dict(env_id="CarRacing-v3", obs_size=40, obs_crop=[0, 0, 0, 0], hidden_layers=[16], batch=8,
+                 replay_size=300, learning_starts=40, total_steps=160, target_update_every=24)
+    for arch, extra in (("ann", {"conv_precision": "bfloat16", "target_tau": 0.5}), ("snn", {"snn_tSteps": 4})):
+        final = {}
+        for mode in ("process", "inline"):
+            cfg = load_config(tiny(tmp_path, name=f"img-{arch}-{mode}", architecture=arch, actor=mode, **image,
+                                   **extra))
+            t = train.Trainer(cfg, cfg.run_dir(), new_run=True)
+            assert t.actor.kind == mode and t.remote_target == (mode == "process")
+            assert t.run() == 0
+            assert t.updates > 20 and t.target_version > 3
+            if mode == "process":  # the worker was asked, and followed the target's changes
+                assert t.actor.target_version >= 2
+            final[mode] = {k: v.clone() for k, v in t.q_network.state_dict().items()}, t.target_network.state_dict()
+        for a, b in zip(final["process"], final["inline"]):
+            assert same_weights(a, b)
+
+
 def test_a_budget_mid_block_stops_on_the_step_and_a_stopped_run_resumes(tmp_path):
     first = tiny(tmp_path, name="split", actor="process", total_steps=173)  # not a multiple of the block
     assert train.main(["--config", str(first), "--new-run"]) == 0
