@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import time
 import traceback
 
 import numpy as np
@@ -238,16 +239,20 @@ class ProcessActor:
 
     def target_q(self) -> torch.Tensor:
         """The target network's Q `[batch, actions]` of the s' sent with the block (valid until the next
-        block starts)."""
+        block starts); `answer_wait` and `target_seconds` say how long the learner waited for it and how
+        long the worker took."""
         self.target_pending = False
-        self._reply()
+        t0 = time.perf_counter()
+        self.target_seconds = self._reply()
+        self.answer_wait = time.perf_counter() - t0
         return self.answer
 
     def collect(self) -> list:
         if self.target_pending:  # asked for and never used (an update that did not run): the answer goes
             self.target_q()
         self.busy = False
-        return self._reply()
+        steps, self.play_seconds = self._reply()
+        return steps
 
     def start_evaluation(self, seeds: list) -> None:
         """Held-out episodes on `seeds` with the current weights, played by the worker while the trainer
@@ -275,6 +280,41 @@ class ProcessActor:
             self.proc.kill()
             self.proc.join(5)
         self.conn.close()
+
+
+class TargetSplit:
+    """Whether the worker should run the target network's pass of the next update: the learning is the
+    same either way (the same pass on the same weights), only the speed differs. With the pass the worker's
+    block takes P + t and the trainer's update U - t; without it P and U (P: the worker playing a block,
+    t: the target pass, U: the trainer's whole update). It pays only while P + t < U — on a machine whose
+    environment steps are slow the worker is already the one the trainer waits for. All three are running
+    averages of what the worker reports and the trainer times; `force` (True/False) overrides the choice
+    (bench/target_split.py)."""
+
+    def __init__(self):
+        self.play = self.target = self.update = None
+        self.force: bool | None = None
+
+    @staticmethod
+    def _average(old: float | None, new: float) -> float:
+        return new if old is None else old + 0.1 * (new - old)
+
+    def block_played(self, seconds: float) -> None:
+        self.play = self._average(self.play, seconds)
+
+    def update_done(self, seconds: float, remote: bool, answer_wait: float = 0.0, target_seconds: float = 0.0) -> None:
+        """One update of `seconds`; with the worker's pass, minus the wait for its answer, plus its time."""
+        if remote:
+            self.target = self._average(self.target, target_seconds)
+            seconds += target_seconds - answer_wait
+        self.update = self._average(self.update, seconds)
+
+    def wanted(self) -> bool:
+        if self.force is not None:
+            return self.force
+        if self.play is None or self.target is None or self.update is None:
+            return True  # measure the worker's pass first
+        return self.play + self.target < self.update
 
 
 def _copy_weights(dest: dict, src: dict) -> None:
@@ -324,13 +364,15 @@ def _worker(conn, cfg) -> None:
                         if target_version != msg[3]:
                             target.load_state_dict(shared_target)
                             target_version = msg[3]
+                        t0 = time.perf_counter()
                         with torch.no_grad():
                             answer.copy_(target(models.network_input(target, batch)))
-                        conn.send(("ok", None))
+                        conn.send(("ok", time.perf_counter() - t0))
+                    t0 = time.perf_counter()
                     _copy_weights(own, shared)
                     steps = play_block(vec, net, obs, msg[1])
                     obs = steps[-1][1]
-                    conn.send(("ok", steps))
+                    conn.send(("ok", (steps, time.perf_counter() - t0)))
                 elif msg[0] == "evaluate":
                     _copy_weights(own, shared)
                     conn.send(("ok", _evaluate(cfg, net, msg[1])))

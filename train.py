@@ -86,9 +86,14 @@ class Trainer:
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
         # with a worker process on the CPU the worker runs the target network's pass over each update's s'
-        # (the same pass on the same weights) while the trainer runs the rest of the update
-        self.remote_target = self.actor is not None and self.actor.kind == "process" and self.device.type == "cpu"
+        # (the same pass on the same weights) while the trainer runs the rest of the update; only where the
+        # trainer has one torch thread, as the worker has (2 cores): the same kernels, so the same numbers
+        # whichever runs it — with several threads a kernel may sum in another order, and a run's numbers
+        # would depend on the choice, which follows the machine's timing (actor.TargetSplit)
+        self.remote_target = (self.actor is not None and self.actor.kind == "process" and self.device.type == "cpu"
+                              and torch.get_num_threads() == 1)
         self.target_version = 0  # counts the target network's changes (the worker's copy follows it)
+        self.target_split = actors.TargetSplit()  # whether that pays on this machine now
         self.prefetched = None  # the batch of the next update, sampled before its block started
         if self.actor is not None:
             self.actor.attach(self.q_network, self.target_network if self.remote_target else None)
@@ -170,6 +175,7 @@ class Trainer:
 
     def update(self) -> None:
         cfg = self.cfg
+        started = time.perf_counter()
         b, self.prefetched = self.prefetched, None
         remote = b is not None  # sampled before its block started: the worker runs the target's pass
         if b is None:
@@ -214,6 +220,9 @@ class Trainer:
         self.optimizer.step()
         if self.replay.prioritized:
             self.replay.update_priorities(b.indices, (target - q).detach().abs().cpu().numpy())
+        if self.remote_target:
+            self.target_split.update_done(time.perf_counter() - started, remote, *(
+                (self.actor.answer_wait, self.actor.target_seconds) if remote else ()))
         self.loss_sum += td_loss.detach()
         self.loss_count += 1
         self.updates += 1
@@ -379,7 +388,10 @@ class Trainer:
     def _step_block(self) -> None:
         if not self.actor.busy:  # the first block of a bout, or the one after a checkpoint: current weights
             self._start_block()
-        self._finish_block(self.actor.collect(), start_next=True)
+        block = self.actor.collect()
+        if self.remote_target:
+            self.target_split.block_played(self.actor.play_seconds)
+        self._finish_block(block, start_next=True)
         if self.checkpoint_due:
             self.save_checkpoint()
 
@@ -411,7 +423,7 @@ class Trainer:
                 self.record_firing_rates(self.obs)
             real += self._store(actions, *result)
         if start_next and not self.checkpoint_due and self.budget_reached() is None:
-            self._start_block(prefetch=self.remote_target and self._updates_due(real))
+            self._start_block(prefetch=self.remote_target and self.target_split.wanted() and self._updates_due(real))
         self._learn(real)
 
     def _store(self, actions, next_obs, rewards, terms, truncs, infos) -> int:

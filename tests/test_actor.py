@@ -74,6 +74,15 @@ def test_the_workers_target_q_is_the_trainers_own_for_images_too(tmp_path):
     for bit, as the inline actor whose updates compute it in the trainer."""
     image = dict(env_id="CarRacing-v3", obs_size=40, obs_crop=[0, 0, 0, 0], hidden_layers=[16], batch=8,
                  replay_size=300, learning_starts=40, total_steps=160, target_update_every=24)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the trainer's threads on a 2-core machine, where the worker takes the pass
+    try:
+        _compare_target_passes(tmp_path, image)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_target_passes(tmp_path, image):
     for arch, extra in (("ann", {"conv_precision": "bfloat16", "target_tau": 0.5}), ("snn", {"snn_tSteps": 4})):
         final = {}
         for mode in ("process", "inline"):
@@ -81,6 +90,7 @@ def test_the_workers_target_q_is_the_trainers_own_for_images_too(tmp_path):
                                    **extra))
             t = train.Trainer(cfg, cfg.run_dir(), new_run=True)
             assert t.actor.kind == mode and t.remote_target == (mode == "process")
+            t.target_split.force = True  # every update's pass in the worker (tiny updates would keep it home)
             assert t.run() == 0
             assert t.updates > 20 and t.target_version > 3
             if mode == "process":  # the worker was asked, and followed the target's changes
@@ -247,3 +257,22 @@ def test_the_actor_plays_half_the_held_out_episodes_and_they_are_the_trainers_ow
             finally:
                 t.vec.close()
                 t.metrics.close()
+
+
+def test_the_worker_takes_the_target_pass_only_while_it_does_not_become_the_one_waited_for():
+    """actor.TargetSplit: measure the worker's pass first; then it pays while the worker's block plus the
+    pass (P + t) stays under the trainer's whole update (U); a forced choice wins (the bench's A/B)."""
+    split = actors.TargetSplit()
+    assert split.wanted()  # nothing measured yet: try the worker's pass
+    split.block_played(0.030)
+    split.update_done(0.060, remote=True, answer_wait=0.001, target_seconds=0.015)  # U = 0.060 - 0.001 + 0.015
+    assert split.update == 0.074 and split.target == 0.015
+    assert split.wanted()  # 0.030 + 0.015 < 0.074: the trainer is the one waited for
+    for _ in range(60):  # the environment slows down: the worker's blocks take 0.065
+        split.block_played(0.065)
+    assert not split.wanted()  # 0.065 + 0.015 > 0.074: the pass would make the trainer wait for the block
+    for _ in range(60):  # the trainer's own updates (no pass in the worker) slow down too
+        split.update_done(0.120, remote=False)
+    assert split.wanted()
+    split.force = False
+    assert not split.wanted()
