@@ -348,6 +348,19 @@ def overrides(items: list[str]) -> dict[str, Any]:
     return keys
 
 
+def parse_bench_args(parser, argv: list[str] | None = None, what: str = "run") -> tuple[Any, dict[str, Any]]:
+    """A benchmark's command line with its repeatable `--set KEY=JSON` config keys (`overrides`): the
+    parsed arguments and the keys; a mistyped key or value is argparse's one-line error (exit 2) before
+    anything runs."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help=f'a config key for every measured {what}, e.g. --set conv_precision=\"bfloat16\" (repeatable)')
+    args = parser.parse_args(argv)
+    try:
+        return args, overrides(args.set)
+    except ConfigError as e:
+        parser.error(str(e))
+
+
 def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> Config:
     """Load, fill defaults, validate and return the config.
 

@@ -88,16 +88,9 @@ def main() -> None:
     p.add_argument("--archs", default="ann,snn")
     p.add_argument("--window", type=int, default=150, help="agent steps per window")
     p.add_argument("--rounds", type=int, default=6, help="windows of each way")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config key for every run")
-    args = p.parse_args()
-    try:
-        extra = config.overrides(args.set)
-    except config.ConfigError as e:
-        p.error(str(e))
-    results = {}
+    args, extra = config.parse_bench_args(p)
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.archs.split(","):
-            results[arch] = measure(arch, args.window, args.rounds, Path(tmp), extra)
+        results = {arch: measure(arch, args.window, args.rounds, Path(tmp), extra) for arch in args.archs.split(",")}
     print(f"\n{'arch':<5} {'target pass in':<15} {'agent steps/s per window':<42} {'median':>7} "
           f"{'wait answer ms':>15} {'wait block ms':>14}")
     for arch, r in results.items():

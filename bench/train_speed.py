@@ -91,17 +91,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500, help="timed agent steps with learning on")
     p.add_argument("--warmup", type=int, default=600, help="exploration steps before learning (and timing) starts")
     p.add_argument("--archs", default="ann,snn")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help='a config key for every measured run, e.g. --set conv_precision=\"bfloat16\" (repeatable)')
-    args = p.parse_args()
-    try:
-        extra = config.overrides(args.set)  # a mistyped key or value is one line before anything runs
-    except config.ConfigError as e:
-        p.error(str(e))
-    results = {}
+    args, extra = config.parse_bench_args(p)
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.archs.split(","):
-            results[arch] = measure(arch, args.steps, args.warmup, Path(tmp), extra)
+        results = {arch: measure(arch, args.steps, args.warmup, Path(tmp), extra) for arch in args.archs.split(",")}
     print(f"\n{'arch':<6} {'loop steps/s':>13} {'parts steps/s':>14} {'loop/parts':>11} {'env ms':>8} {'act ms':>8} "
           f"{'update ms':>10}")
     for arch, r in results.items():

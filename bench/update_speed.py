@@ -58,12 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--reps", type=int, default=30, help="timed updates per variant (median reported)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config key for every variant")
-    args = p.parse_args()
-    try:
-        extra = config.overrides(args.set)  # a mistyped key or value is one line before anything runs
-    except config.ConfigError as e:
-        p.error(str(e))
+    args, extra = config.parse_bench_args(p, what="variant")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch, mode, precision in VARIANTS:

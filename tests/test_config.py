@@ -160,3 +160,16 @@ def test_key_value_overrides_for_the_benchmarks():
         {"conv_precision": "bfloat16", "n_step": 3}
     with pytest.raises(ConfigError, match="did you mean 'n_step'"):
         config.overrides(["n_stp=3"])
+
+
+def test_a_benchmarks_set_options_are_checked_config_keys(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--steps", type=int, default=5)
+    args, extra = config.parse_bench_args(parser, ["--steps", "7", "--set", "n_step=3", "--set", 'encoder="nips"'])
+    assert args.steps == 7 and extra == {"n_step": 3, "encoder": "nips"}
+    with pytest.raises(SystemExit) as stop:
+        config.parse_bench_args(argparse.ArgumentParser(prog="bench"), ["--set", "n_stp=3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "did you mean 'n_step'" in err and "Traceback" not in err
