@@ -302,9 +302,10 @@ class TargetSplit:
     def block_played(self, seconds: float) -> None:
         self.play = self._average(self.play, seconds)
 
-    def update_done(self, seconds: float, remote: bool, answer_wait: float = 0.0, target_seconds: float = 0.0) -> None:
-        """One update of `seconds`; with the worker's pass, minus the wait for its answer, plus its time."""
-        if remote:
+    def update_done(self, seconds: float, answer_wait: float | None = None, target_seconds: float = 0.0) -> None:
+        """One update of `seconds`; one whose pass the worker ran (`answer_wait` given) counts as it would
+        have taken with the pass: minus the wait for the worker's answer, plus the pass's time."""
+        if answer_wait is not None:
             self.target = self._average(self.target, target_seconds)
             seconds += target_seconds - answer_wait
         self.update = self._average(self.update, seconds)

@@ -187,14 +187,6 @@ def network_input(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
     return _to_float(obs, net.input_dtype)
 
 
-def double_q(online: nn.Module, target: nn.Module, next_obs: torch.Tensor) -> torch.Tensor:
-    """Double DQN's value of each s' `[B]`: the online network picks the action, the target network
-    evaluates it (van Hasselt et al. 2016); no gradients."""
-    with torch.no_grad():
-        x = network_input(online, next_obs)  # converted once for both networks
-        return target(x).gather(1, online(x).argmax(1, keepdim=True)).squeeze(1)
-
-
 def _dueling(out: torch.Tensor, dueling: bool) -> torch.Tensor:
     """Q from a dueling head's [V, A_1..A_n] (Wang et al. 2016: Q = V + A - mean A); else `out` itself."""
     if not dueling:

@@ -188,16 +188,16 @@ class Trainer:
             rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
         not_done = 1.0 - torch.as_tensor(b.terminateds, device=dev)
         discount = cfg.gamma if b.discounts is None else torch.as_tensor(b.discounts, device=dev)
-        next_obs = torch.as_tensor(b.next_observations, device=dev)
-        if not remote:
-            next_q = models.double_q(self.q_network, self.target_network, next_obs)
-        else:  # the target network's pass was done in the worker, on the same weights
-            with torch.no_grad():
-                next_actions = self.q_network(models.network_input(self.q_network, next_obs)).argmax(1, keepdim=True)
+        with torch.no_grad():
+            next_obs = models.network_input(self.q_network, torch.as_tensor(b.next_observations, device=dev))
+            # Double DQN: the online network picks the action at s', the target network evaluates it
+            next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
+            if not remote:  # (converted once for both networks)
+                target_q = self.target_network(next_obs)
         q_all = self.q_network(obs)
-        if remote:
-            next_q = self.actor.target_q().gather(1, next_actions).squeeze(1)
-        target = rewards + discount * not_done * next_q
+        if remote:  # the worker ran the target network's pass meanwhile, on the same weights
+            target_q = self.actor.target_q()
+        target = rewards + discount * not_done * target_q.gather(1, next_actions).squeeze(1)
         q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         weights = torch.as_tensor(b.weights, device=dev)
         td_loss = loss = (weights * F.smooth_l1_loss(q, target, reduction="none")).mean()
@@ -220,9 +220,11 @@ class Trainer:
         self.optimizer.step()
         if self.replay.prioritized:
             self.replay.update_priorities(b.indices, (target - q).detach().abs().cpu().numpy())
-        if self.remote_target:
-            self.target_split.update_done(time.perf_counter() - started, remote, *(
-                (self.actor.answer_wait, self.actor.target_seconds) if remote else ()))
+        if remote:
+            self.target_split.update_done(time.perf_counter() - started, self.actor.answer_wait,
+                                          self.actor.target_seconds)
+        elif self.remote_target:
+            self.target_split.update_done(time.perf_counter() - started)
         self.loss_sum += td_loss.detach()
         self.loss_count += 1
         self.updates += 1
@@ -408,11 +410,12 @@ class Trainer:
             self.prefetched = self.sample()
         self.actor.start(plan, self.prefetched.next_observations if prefetch else None, self.target_version)
 
+    def _learning(self) -> bool:
+        return self.global_step >= self.cfg.learning_starts and not self.learning_stopped
+
     def _updates_due(self, real: int) -> bool:
-        """Whether `_learn(real)` will run an update (the same test, on the same numbers)."""
-        cfg = self.cfg
-        return (self.global_step >= cfg.learning_starts and not self.learning_stopped
-                and self.update_credit + real / cfg.train_every >= 1)
+        """Whether `_learn(real)` will run an update (its test, on the same numbers)."""
+        return self._learning() and self.update_credit + real / self.cfg.train_every >= 1
 
     def _finish_block(self, block: list, start_next: bool = False) -> None:
         """Store a block's steps; start the next one (unless a checkpoint or the budget comes first: a
@@ -451,7 +454,7 @@ class Trainer:
     def _learn(self, real: int) -> None:
         """The updates `real` new agent steps pay for, and the target update when they cross its period."""
         cfg = self.cfg
-        if self.global_step >= cfg.learning_starts and not self.learning_stopped:
+        if self._learning():
             self.update_credit += real / cfg.train_every
             while self.update_credit >= 1:
                 self.update()
