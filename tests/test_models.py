@@ -2,6 +2,7 @@
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,6 +233,11 @@ def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frame
     every = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     direct = models._to_float(every, torch.bfloat16)
     assert direct.dtype == torch.bfloat16 and torch.equal(direct, models._to_float(every).to(torch.bfloat16))
+    # an update's batch (converted, then laid out channels-last): the same values, in that layout
+    stacks = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 4, 84, 84), dtype=np.uint8))
+    laid_out = models._to_float(stacks, torch.bfloat16)
+    assert laid_out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(laid_out, models._to_float(stacks).to(torch.bfloat16))
     for arch in ARCHS[:2]:
         fast = net_for(IMAGE, conv_precision="bfloat16", **arch)
         obs = batch(IMAGE, b=4)
@@ -242,9 +248,12 @@ def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frame
 
 @pytest.mark.parametrize("arch", ARCHS[:2], ids=ARCH_IDS[:2])
 def test_the_channels_last_bfloat16_encoder_equals_the_default_layout_bit_for_bit(arch):
-    """The bfloat16 encoder runs channels-last (its weights and its frames): the same Q and gradients, bit
-    for bit, as the same network in the default layout fed the default layout's frames — at a batch of
-    64 frames of 84x84 (CarRacing's update), where oneDNN's kernels are the ones training uses."""
+    """The bfloat16 encoder runs channels-last (its weights and its frames): the same Q and gradients as the
+    same network in the default layout fed the default layout's frames — at a batch of 64 frames of 84x84
+    (CarRacing's update), where oneDNN's kernels are the ones training uses. Bit for bit on a CPU with AMX,
+    where oneDNN runs both layouts with the same channels-last kernels; on AVX512-BF16 without AMX (AMD EPYC
+    here) it picks other kernels for the default layout, and the two agree to bfloat16's rounding."""
+    same_kernels = torch.cpu._is_amx_tile_supported()
     fast = lively(net_for((4, 84, 84), conv_precision="bfloat16", hidden_layers=[64], **arch), 1.5)
     encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
     convs = [m for m in encoder if isinstance(m, torch.nn.Conv2d)]
@@ -255,11 +264,14 @@ def test_the_channels_last_bfloat16_encoder_equals_the_default_layout_bit_for_bi
     x = models.network_input(fast, obs)
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
     q_fast, q_plain = fast(obs), plain(x.contiguous())  # the default layout's frames: the values of x
-    assert torch.equal(q_fast, q_plain) and q_fast.abs().sum() > 0
+    assert q_fast.abs().sum() > 0 and (torch.equal(q_fast, q_plain) if same_kernels else
+                                       torch.allclose(q_fast, q_plain, rtol=1e-2, atol=1e-3))
     (q_fast ** 2).sum().backward()
     (q_plain ** 2).sum().backward()
     for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
-        assert a.grad.abs().sum() > 0 and torch.equal(a.grad, b.grad), name
+        scale = float(b.grad.abs().max())  # bfloat16 keeps 8 bits: gradients agree to ~1/128 of their size
+        assert scale > 0 and (torch.equal(a.grad, b.grad) if same_kernels else
+                              float((a.grad - b.grad).abs().max()) <= scale / 64), name
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
