@@ -177,9 +177,10 @@ def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 
 def _channels_last(encoder: nn.Module) -> None:
     """The bfloat16 encoder keeps its convolutions' weights, and its frames (`_to_float`), channels-last:
-    oneDNN runs bfloat16 convolutions channels-last, so the default layout made it reorder every input,
-    activation and gradient there and back (~13 ms of a ~75 ms CPU update). The same kernels on the same
-    numbers: Q and gradients equal bit for bit (tests/test_models.py). Only for bfloat16: float32
+    oneDNN runs bfloat16 convolutions channels-last on AMX, so the default layout made it reorder every
+    input, activation and gradient there and back (~13 ms of a ~75 ms CPU update). There the same kernels
+    on the same numbers: Q and gradients equal bit for bit (tests/test_models.py); on AVX512-BF16 without
+    AMX oneDNN has other kernels for each layout, equal to bfloat16's rounding. Only for bfloat16: float32
     convolutions pick other kernels channels-last, equal up to rounding only."""
     encoder.to(memory_format=torch.channels_last)
 

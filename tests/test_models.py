@@ -247,13 +247,13 @@ def test_bytes_straight_to_bfloat16_are_what_autocast_makes_of_the_float32_frame
 
 
 @pytest.mark.parametrize("arch", ARCHS[:2], ids=ARCH_IDS[:2])
-def test_the_channels_last_bfloat16_encoder_equals_the_default_layout_bit_for_bit(arch):
+def test_the_channels_last_bfloat16_encoder_equals_the_default_layout(arch):
     """The bfloat16 encoder runs channels-last (its weights and its frames): the same Q and gradients as the
     same network in the default layout fed the default layout's frames — at a batch of 64 frames of 84x84
     (CarRacing's update), where oneDNN's kernels are the ones training uses. Bit for bit on a CPU with AMX,
     where oneDNN runs both layouts with the same channels-last kernels; on AVX512-BF16 without AMX (AMD EPYC
     here) it picks other kernels for the default layout, and the two agree to bfloat16's rounding."""
-    same_kernels = torch.cpu._is_amx_tile_supported()
+    same_kernels = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     fast = lively(net_for((4, 84, 84), conv_precision="bfloat16", hidden_layers=[64], **arch), 1.5)
     encoder = fast.encoder if arch["architecture"] == "snn" else fast.net[:fast.encoder_len]
     convs = [m for m in encoder if isinstance(m, torch.nn.Conv2d)]
