@@ -70,7 +70,8 @@ def _keys() -> list[Key]:
         # ---- fixed new keys
         K("env_id", "CarRacing-v3", "str", "Gymnasium environment id (discrete action space).", shape=True),
         K("seed", 0, "int", "Seed of tracks, exploration and network initialisation.", low=0, high=2**31 - 1),
-        K("total_steps", 0, "int", "Agent-step budget of the whole run; 0 = none.", low=0),
+        K("total_steps", 750_000, "int", "Agent-step budget of the whole run (750k agent steps = 3M frames at "
+          "`frame_skip` 4); 0 = none.", low=0),
         K("max_episodes", 0, "int", "Episode budget of the whole run; 0 = none.", low=0),
         K("replay_size", 100_000, "int", "Transitions kept in the replay buffer.", low=1),
         K("learning_starts", 5_000, "int", "Agent steps of pure exploration before the first update.", low=0),
@@ -90,6 +91,13 @@ def _keys() -> list[Key]:
           low=0, low_open=True, high=1),
         K("epsilon_start", 1.0, "float", "ε at the start of the run.", low=0, high=1),
         K("epsilon_min", 0.05, "float", "Floor of ε.", low=0, high=1),
+        K("epsilon_decay_steps", 50_000, "int", "Agent steps over which ε falls linearly from `epsilon_start` to "
+          "`epsilon_min` (by agent steps: episode lengths vary with lenient termination); 0 = the per-episode "
+          "`decay` instead.", low=0),
+        K("learning_rate_final", 2.5e-5, "float", "Learning rate reached after `learning_rate_decay_steps` (linear "
+          "from `learning_rate`, then held).", low=0, low_open=True, high=1),
+        K("learning_rate_decay_steps", 750_000, "int", "Agent steps over which the learning rate falls linearly "
+          "from `learning_rate` to `learning_rate_final`; 0 = `learning_rate` throughout.", low=0),
         K("grad_clip", 10.0, "float", "Max gradient norm per update; 0 = no clipping.", low=0),
         K("obs_size", 84, "int", "Side of the square observation after resizing (image environments).", low=8, high=512, shape=True),
         K("obs_grayscale", True, "bool", "Convert image observations to grayscale.", shape=True),
@@ -97,7 +105,7 @@ def _keys() -> list[Key]:
           "(CarRacing's bottom 12 rows are the HUD).", length=4, shape=True),
         K("lenient_termination", 25, "int", "End an episode after this many consecutive agent steps without reward progress; "
           "0 = off.", low=0),
-        K("skip_penalty", 0.0, "float", "Reward subtracted for every CarRacing track tile the car passes without "
+        K("skip_penalty", 10.0, "float", "Reward subtracted for every CarRacing track tile the car passes without "
           "touching it (a corner cut: the lap can no longer end early); 0 = off.", low=0),
         K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree)."),
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
@@ -161,7 +169,8 @@ EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
 # Stored configs (checkpoints, exported agents) written before a key existed were trained with these
 # values, where today's default differs: such a file plays as it was trained (a float32-trained policy
 # is not indifferent to a bfloat16 encoder, docs/tuning.md).
-PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off", "encoder": "nature"}
+PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off", "encoder": "nature",
+                              "epsilon_decay_steps": 0, "learning_rate_decay_steps": 0}
 
 
 def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +184,11 @@ def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
 # key here in the commit that changes its default. None today: encoder's move to nips (19920c0) was
 # undone by the next commit on held-out evidence (docs/tuning.md).
 FORMER_DEFAULTS: dict[str, Any] = {}
+# The same for the training recipe's keys (not shape keys): a run trained under the former defaults
+# (ε decayed per episode, a fixed learning rate, no skip penalty, no step budget) keeps them on resume
+# while the config holds today's default; a new run, also one from init_weights, takes today's.
+FORMER_RECIPE: dict[str, Any] = {"epsilon_decay_steps": 0, "learning_rate_decay_steps": 0, "skip_penalty": 0.0,
+                                 "total_steps": 0}
 
 
 def settings_text(keys: Mapping[str, Any]) -> str:
@@ -182,11 +196,13 @@ def settings_text(keys: Mapping[str, Any]) -> str:
     return ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
 
 
-def keep_former_defaults(saved: dict[str, Any], cfg, what: str, log=print):
-    """`cfg` with the former defaults (FORMER_DEFAULTS) the stored config `saved` (a checkpoint's, `what`)
-    was trained with, where `cfg` holds today's default, said in a note line; `cfg` itself when none."""
+def keep_former_defaults(saved: dict[str, Any], cfg, what: str, log=print, recipe: bool = False):
+    """`cfg` with the former defaults (FORMER_DEFAULTS, and FORMER_RECIPE with `recipe`: a resumed run) the
+    stored config `saved` (a checkpoint's, `what`) was trained with, where `cfg` holds today's default, said
+    in a note line; `cfg` itself when none."""
     saved = as_trained(saved)
-    kept = {key: old for key, old in FORMER_DEFAULTS.items()
+    former = {**FORMER_DEFAULTS, **FORMER_RECIPE} if recipe else FORMER_DEFAULTS
+    kept = {key: old for key, old in former.items()
             if getattr(cfg, key) == SCHEMA[key].default != old and saved.get(key, SCHEMA[key].default) == old}
     if not kept:
         return cfg
@@ -397,6 +413,8 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> 
     for name, key in SCHEMA.items():
         if name not in values:
             values[name] = list(key.default) if isinstance(key.default, list) else key.default
+    if "skip_penalty" not in raw and values["env_id"] not in CARRACING_IDS:
+        values["skip_penalty"] = 0.0  # the default charges CarRacing's tiles; other environments have none
     _check_combinations(values)
     return Config(**values)
 

@@ -74,7 +74,7 @@ class Trainer:
         self.hub = connect_hub(cfg, run_dir, fetch=not new_run)
         found = None if new_run else checkpoints.load_newest(self.ckpt_dir, map_location=self.device, log=log)
         if found is not None:
-            cfg = keep_former_defaults(found[1]["config"], cfg, "the run's checkpoint", log)
+            cfg = keep_former_defaults(found[1]["config"], cfg, "the run's checkpoint", log, recipe=True)
         else:
             cfg = fresh_cfg
         self.cfg = cfg
@@ -229,6 +229,16 @@ class Trainer:
         self.loss_count += 1
         self.updates += 1
 
+    def follow_schedules(self) -> None:
+        """ε and the learning rate at this agent step, where they follow a schedule by agent steps."""
+        cfg = self.cfg
+        if cfg.epsilon_decay_steps:
+            self.epsilon = linear(cfg.epsilon_start, cfg.epsilon_min, self.global_step, cfg.epsilon_decay_steps)
+        if cfg.learning_rate_decay_steps:
+            lr = linear(cfg.learning_rate, cfg.learning_rate_final, self.global_step, cfg.learning_rate_decay_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def teacher_weight(self) -> float:
         """The teacher's loss weight now: `teacher_weight`, falling linearly to 0 over `teacher_steps`."""
         cfg = self.cfg
@@ -261,7 +271,8 @@ class Trainer:
         self.loss_sum.zero_()
         self.teacher_loss_sum.zero_()
         self.loss_count = 0
-        self.epsilon = max(cfg.epsilon_min, self.epsilon * cfg.decay)
+        if not cfg.epsilon_decay_steps:
+            self.epsilon = max(cfg.epsilon_min, self.epsilon * cfg.decay)
         eval_return = held_out_evaluation(self, cfg.eval_episodes) if cfg.eval_every and self.episode % cfg.eval_every == 0 else None
         if cfg.record_every and self.episode % cfg.record_every == 0:
             record_gif(self)
@@ -454,6 +465,7 @@ class Trainer:
     def _learn(self, real: int) -> None:
         """The updates `real` new agent steps pay for, and the target update when they cross its period."""
         cfg = self.cfg
+        self.follow_schedules()
         if self._learning():
             self.update_credit += real / cfg.train_every
             while self.update_credit >= 1:
@@ -512,6 +524,11 @@ def apply_win_rule(t: Trainer) -> None:
     utils.write_status(t.run_dir, False, f"learning stopped: {wins} wins in the last 100 episodes reached "
                        f"stop_learning_at_win_percent={percent:g}", learning_stopped=True,
                        global_step=t.global_step, episode=t.episode)
+
+
+def linear(start: float, end: float, step: int, steps: int) -> float:
+    """A value falling (or rising) linearly from `start` at step 0 to `end` at `steps`, then held."""
+    return start + (end - start) * min(1.0, step / steps)
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:

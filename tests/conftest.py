@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 # A CartPole run that trains in a second or two: the base of most end-to-end tests.
 TINY_CARTPOLE = {"name": "t", "env_id": "CartPole-v1", "architecture": "ann", "hidden_layers": [16],
                  "replay_size": 400, "learning_starts": 40, "batch": 16, "total_steps": 300, "eval_every": 0,
-                 "max_run_time": 600, "train_max_time": 600, "snn_tSteps": 4}
+                 "max_run_time": 600, "train_max_time": 600, "snn_tSteps": 4,
+                 "epsilon_decay_steps": 200, "learning_rate_decay_steps": 300}
 
 
 def write_config(tmp_path: Path, **keys) -> Path:

@@ -23,7 +23,7 @@ def test_contract_keys_exist_with_documented_defaults():
     for key in ORIGINAL_KEYS + FIXED_NEW_KEYS:
         assert key in config.SCHEMA, key
     assert cfg.env_id == "CarRacing-v3" and cfg.runs_dir == "runs" and cfg.device == "auto"
-    assert cfg.snn_mode == "hybrid" and cfg.win_threshold == 900 and cfg.total_steps == 0 and cfg.max_episodes == 0
+    assert cfg.snn_mode == "hybrid" and cfg.win_threshold == 900 and cfg.total_steps == 750_000 and cfg.max_episodes == 0
 
 
 def test_example_matches_schema_key_for_key():
@@ -173,3 +173,27 @@ def test_a_benchmarks_set_options_are_checked_config_keys(capsys):
         config.parse_bench_args(argparse.ArgumentParser(prog="bench"), ["--set", "n_stp=3"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "did you mean 'n_step'" in err and "Traceback" not in err
+
+
+def test_a_resumed_run_keeps_the_former_recipe_a_new_one_takes_todays():
+    # a checkpoint written before the step schedules: ε per episode, fixed learning rate, no skip penalty, no budget
+    saved = {k: v for k, v in load_config({}).to_dict().items()
+             if k not in ("epsilon_decay_steps", "learning_rate_decay_steps", "learning_rate_final")}
+    saved.update(skip_penalty=0.0, total_steps=0)
+    notes = []
+    resumed = config.keep_former_defaults(saved, load_config({}), "the run's checkpoint", notes.append, recipe=True)
+    assert (resumed.epsilon_decay_steps, resumed.learning_rate_decay_steps, resumed.skip_penalty,
+            resumed.total_steps) == (0, 0, 0.0, 0)
+    assert len(notes) == 1 and '"skip_penalty": 0.0' in notes[0]
+    # init_weights (a new run from that file) takes today's recipe
+    assert config.keep_former_defaults(saved, load_config({}), "the init_weights file", notes.append) == load_config({})
+    # a value the user wrote is kept whatever the checkpoint had
+    mine = load_config({"skip_penalty": 5.0})
+    assert config.keep_former_defaults(saved, mine, "x", notes.append, recipe=True).skip_penalty == 5.0
+
+
+def test_skip_penalty_defaults_to_zero_off_carracing_and_is_refused_when_asked_for():
+    assert load_config({"env_id": "CartPole-v1"}).skip_penalty == 0.0
+    assert load_config({}).skip_penalty == 10.0
+    with pytest.raises(ConfigError, match="skip_penalty"):
+        load_config({"env_id": "CartPole-v1", "skip_penalty": 10.0})

@@ -24,7 +24,7 @@ from conftest import REPO, run_dir_of, touch_tiles, write_config
 def tiny(tmp_path, **keys):
     """The training tests' CartPole: an update every step, a quick target copy and ε decay."""
     return write_config(tmp_path, **{"train_every": 1, "target_update_every": 50, "checkpoint_every": 1000,
-                                     "learning_rate": 1e-3, "decay": 0.9, **keys})
+                                     "learning_rate": 1e-3, **keys})
 
 
 run_dir = run_dir_of
@@ -209,7 +209,8 @@ def test_bout_budget_stops_without_finishing(tmp_path, monkeypatch):
 
 
 def test_win_rule_stops_learning_but_not_acting(tmp_path):
-    cfg = tiny(tmp_path, total_steps=600, win_threshold=15, stop_learning_at_win_percent=5, learning_starts=20)
+    cfg = tiny(tmp_path, total_steps=600, win_threshold=15, stop_learning_at_win_percent=5, learning_starts=20,
+               epsilon_decay_steps=0, decay=0.9)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     ckpt = final_weights(cfg)
     status = utils.read_status(run_dir(cfg))
@@ -604,3 +605,17 @@ def test_metrics_without_the_skip_penalty_leave_the_column_empty(tmp_path):
     cfg = tiny(tmp_path, total_steps=120)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     assert rows(cfg) and all(r["skipped_tiles"] == "" for r in rows(cfg))
+
+
+def test_epsilon_and_learning_rate_follow_their_step_schedules(tmp_path):
+    cfg = tiny(tmp_path, total_steps=300, learning_starts=20, epsilon_start=1.0, epsilon_min=0.1,
+               epsilon_decay_steps=100, learning_rate=1e-3, learning_rate_final=1e-4, learning_rate_decay_steps=200)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    # each row's ε is the schedule's at the step before the episode's last (set after every step)
+    for r in rows(cfg):
+        assert float(r["epsilon"]) == round(train.linear(1.0, 0.1, int(r["global_step"]) - 1, 100), 6)
+    assert [float(r["epsilon"]) for r in rows(cfg)][-1] == 0.1
+    ckpt = final_weights(cfg)
+    assert ckpt["counters"]["epsilon"] == pytest.approx(0.1)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert train.linear(1e-3, 1e-4, 100, 200) == pytest.approx(5.5e-4)
