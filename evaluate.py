@@ -28,6 +28,7 @@ import envs
 import metrics
 import publish
 import utils
+from agents import build_network, read_agent
 from config import ConfigError, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
@@ -48,8 +49,8 @@ def load_network(path: Path, device: str = "auto"):
     """(config, Q-network in eval mode on its device, local path) of a training checkpoint, a shipped
     `pretrained/*.pt` file or an `hf://` model; the config is the one it was trained with
     (`cfg.for_evaluation()` has the training aids off)."""
-    path, ckpt = checkpoints.read_agent(str(path))
-    cfg, net = checkpoints.build_network(ckpt, device, path)
+    path, ckpt = read_agent(str(path))
+    cfg, net = build_network(ckpt, device, path)
     return cfg, net, Path(path)
 
 

@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import hub
 from config import ConfigError
 
 WEIGHTS_NAME = "agent.pt"
@@ -26,18 +27,6 @@ def check_repo_id(repo_id: str, option: str) -> str:
     if not REPO_RE.fullmatch(repo_id) or ".." in repo_id:
         raise ConfigError(f"{option} needs a Hub repo id like owner/name, got {repo_id!r}")
     return repo_id
-
-
-def _tokens() -> dict[str, str]:
-    import hub
-
-    return hub.hub_environment()
-
-
-def _client():
-    import hub
-
-    return hub.client()
 
 
 def _describe(e: Exception) -> str:
@@ -55,7 +44,7 @@ def download_agent(spec: str, what: str = "--checkpoint hf://") -> Path:
     option or config key in errors."""
     repo_id = check_repo_id(spec[len(HF_PREFIX):], what)
     try:
-        return Path(_client().hf_hub_download(repo_id, WEIGHTS_NAME, token=_tokens().get("huggingface_read") or None))
+        return Path(hub.client().hf_hub_download(repo_id, WEIGHTS_NAME, token=hub.hub_environment().get("huggingface_read") or None))
     except Exception as e:
         raise ConfigError(f"cannot download {WEIGHTS_NAME} from {repo_id} ({_describe(e)})") from None
 
@@ -121,7 +110,7 @@ def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: 
     import torch
     from huggingface_hub import CommitOperationAdd
 
-    token = _tokens().get("huggingface_write")
+    token = hub.hub_environment().get("huggingface_write")
     if not token:
         raise ConfigError("--push-to-hub needs huggingface_write in .env (a token with write access)")
     buf = io.BytesIO()
@@ -131,7 +120,7 @@ def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: 
            CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=buf.getvalue())]
     if gif is not None and gif.exists():
         ops.append(CommitOperationAdd(path_in_repo=GIF_NAME, path_or_fileobj=str(gif)))
-    api = _client()
+    api = hub.client()
     try:
         url = api.create_repo(repo_id, token=token, exist_ok=True)
         api.create_commit(repo_id, operations=ops, token=token,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import actor as actors
 import bout
+import agents
 import checkpoints
 import envs
 import hub
@@ -52,7 +53,7 @@ class Trainer:
         self.device = models.resolve_device(cfg.device)
         seed_everything(cfg.seed)
         # bad input fails before anything of the run is touched
-        init, fresh_cfg = checkpoints.read_init_weights(cfg, ROOT, log) if cfg.init_weights else (None, cfg)
+        init, fresh_cfg = agents.read_init_weights(cfg, ROOT, log) if cfg.init_weights else (None, cfg)
         check_upload_settings(cfg, hub.hub_environment())
         if cfg.wandb_project:
             metrics.require_wandb()
@@ -63,7 +64,7 @@ class Trainer:
         check_memory(cfg, self.obs_shape, self.n_actions, self.device)  # refuse before allocating
         self.teacher = None
         if cfg.teacher:  # kickstarting: a frozen agent whose Q-values the network also learns to match
-            self.teacher, teacher_ckpt = checkpoints.read_teacher(cfg, ROOT)
+            self.teacher, teacher_ckpt = agents.read_teacher(cfg, ROOT)
             log(kv_line("teacher", path=cfg.teacher, architecture=teacher_ckpt["config"].get("architecture"),
                         trained_steps=checkpoints.trained_steps(teacher_ckpt), weight=cfg.teacher_weight,
                         until_step=cfg.teacher_steps or "end"))

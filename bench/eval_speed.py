@@ -20,14 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import checkpoints  # noqa: E402
+import agents  # noqa: E402
 import envs  # noqa: E402
 import config  # noqa: E402
 import train  # noqa: E402
 
 
 def trainer_for(agent: str, tmp: Path) -> train.Trainer:
-    stored = config.as_trained(checkpoints.read_agent(agent, ROOT)[1]["config"])
+    stored = config.as_trained(agents.read_agent(agent, ROOT)[1]["config"])
     # the agent's network and observations (its shape keys) and how it plays (precision, SNN dynamics)
     played = (*config.SHAPE_KEYS, "conv_precision", "snn_readout", "snn_tSteps", "snn_beta")
     keys = {k: stored[k] for k in played if k in stored}

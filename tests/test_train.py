@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bout
+import agents
 import checkpoints
 import models
 import train
@@ -414,8 +415,8 @@ def teacher_gap(student_cfg, teacher_file) -> tuple[float, float]:
     and the student's mean Q (its level)."""
     import gymnasium as gym
 
-    _, teacher = checkpoints.build_network(checkpoints.read(teacher_file), "cpu")
-    _, student = checkpoints.build_network(final_weights(student_cfg), "cpu")
+    _, teacher = agents.build_network(checkpoints.read(teacher_file), "cpu")
+    _, student = agents.build_network(final_weights(student_cfg), "cpu")
     env, states = gym.make("CartPole-v1"), []
     obs, _ = env.reset(seed=0)
     for i in range(200):  # the states a wavering policy visits
