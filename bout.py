@@ -13,13 +13,11 @@ import time
 
 import numpy as np
 
+import contract
 import models
-import utils
 from config import ConfigError
 from utils import kv_line
 
-BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # set by run.py: this bout's share of train_max_time
-BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # set by run.py: written into status.json so it knows this bout wrote it
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)  # exit 2, no restart loop
 PROGRESS_EVERY_S = 10.0
 FORCE_BAR_ENV = "SNNDQN_PROGRESS_BAR"  # "1": the tqdm bar even when stdout is not a terminal (tests, tee)
@@ -47,9 +45,7 @@ class Bout:
     def __init__(self, trainer):
         self.t = trainer
         cfg = trainer.cfg
-        self.seconds = cfg.max_run_time
-        if os.environ.get(BOUT_SECONDS_ENV):
-            self.seconds = min(self.seconds, float(os.environ[BOUT_SECONDS_ENV]))
+        self.seconds = contract.bout_seconds(cfg.max_run_time)
         self.stop_signal: int | None = None
 
     def _on_signal(self, signum, _frame) -> None:
@@ -122,8 +118,8 @@ class Bout:
 
     def _status(self, finished: bool, reason: str) -> None:
         t = self.t
-        utils.write_status(t.run_dir, finished, reason, global_step=t.global_step, episode=t.episode,
-                           learning_stopped=t.learning_stopped, bout=os.environ.get(BOUT_ID_ENV))
+        contract.write_status(t.run_dir, finished, reason, global_step=t.global_step, episode=t.episode,
+                              learning_stopped=t.learning_stopped)
 
 
 class Progress:

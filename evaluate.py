@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import checkpoints
+import contract
 import envs
 import metrics
 import publish
@@ -32,7 +33,6 @@ from agents import build_network, read_agent
 from config import ConfigError, load_config, one_line_cli_errors
 
 ROOT = Path(__file__).resolve().parent
-LAUNCHER_CONFIG_ENV = "SNNDQN_CONFIG"  # set by run.py for the scripts it starts: the resolved config's path
 
 
 @dataclass
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.episodes < 1:
             raise ConfigError("--episodes must be at least 1")
-        if not (args.run or args.checkpoint or args.baseline) and os.environ.get(LAUNCHER_CONFIG_ENV):
+        if not (args.run or args.checkpoint or args.baseline) and contract.launcher_config():
             # started by `python run.py evaluate.py`: the configured run
-            args.run = [str(load_config(os.environ[LAUNCHER_CONFIG_ENV]).run_dir(ROOT))]
+            args.run = [str(load_config(contract.launcher_config()).run_dir(ROOT))]
         if not (args.run or args.checkpoint or args.baseline):
             raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
         for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export)):

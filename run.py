@@ -26,16 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402  (standard library only; reloaded after a code sync)
+import contract  # noqa: E402  (the same)
+import utils  # noqa: E402  (the same)
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
-BOUT_SECONDS_ENV = "SNNDQN_BOUT_SECONDS"  # tells the child how long this bout may last
-BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # the child writes it into status.json: a status of an earlier bout never counts
-LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # the child stops when this process dies
-CONFIG_ENV = "SNNDQN_CONFIG"  # every script: the path of the resolved config JSON (train.py also gets --config)
-NEW_RUN_ENV = "SNNDQN_NEW_RUN"  # "1" when this bout starts the run anew
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
 SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
-TRAINING_MODULES = ("config", "utils", "metrics", "checkpoints", "replay", "hub", "models", "carracing_fast", "envs",
-                    "train", "evaluate")
+TRAINING_MODULES = ("config", "utils", "contract", "agents", "metrics", "checkpoints", "replay", "hub", "models",
+                    "carracing_fast", "envs", "train", "evaluate")
 PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 GIT_LOCAL_TIMEOUT = 120.0  # local git commands (reset, rev-parse) on a slow disk
@@ -269,28 +266,12 @@ def check_hub_settings(cfg, env: dict[str, str]) -> None:
         raise BadInput(str(e)) from None
 
 
-def write_json(path: Path, obj) -> None:
-    """Replace a small JSON file in one rename (the run's config.json for the child)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_status(run_dir: Path) -> dict:
-    """The run's status.json as written by train.py, or {} when missing or unreadable."""
-    try:
-        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return status if isinstance(status, dict) else {}
-
-
 # --------------------------------------------------------------------------- bouts
 class Supervisor:
     """Runs the training script in bouts until the run is finished or the time is up."""
 
     def __init__(self, cmd_base: list[str], config_path: Path, run_dir: Path, cfg, env: dict[str, str],
-                 write_config, read_status, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float,
+                 write_config, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float,
                  script_args: list[str] | None = None):
         self.cmd_base = cmd_base
         self.is_train = Path(cmd_base[-1]).name == "train.py"
@@ -300,7 +281,6 @@ class Supervisor:
         self.cfg = cfg
         self.env = env
         self.write_config = write_config  # write_config(continue_run) writes the resolved config for the child
-        self.read_status = read_status  # read_status(run_dir) -> the run's status.json
         self.restart_delay = restart_delay
         self.max_crashes = max_crashes
         self.kill_grace = kill_grace
@@ -366,10 +346,8 @@ class Supervisor:
                 else:  # another script gets the config through the environment and its own arguments
                     cmd = [*self.cmd_base, *self.script_args]
                 bout_id = f"{os.getpid()}-{bout}-{time.time():.0f}"
-                env = dict(self.env, PYTHONUNBUFFERED="1", **{BOUT_SECONDS_ENV: f"{budget:.3f}", BOUT_ID_ENV: bout_id,
-                                                              LAUNCHER_PID_ENV: str(os.getpid()),
-                                                              CONFIG_ENV: str(self.config_path),
-                                                              NEW_RUN_ENV: "1" if new_run else "0"})
+                env = dict(self.env, PYTHONUNBUFFERED="1",
+                           **contract.bout_environment(budget, bout_id, os.getpid(), self.config_path, new_run))
                 say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
                     f"({left:.0f} s of train_max_time left)")
                 t0 = time.monotonic()
@@ -379,7 +357,7 @@ class Supervisor:
                 rc = self._wait(budget + self.kill_grace)
                 ran = time.monotonic() - t0
                 # exit codes first: a status.json counts only when this bout wrote it and exited 0
-                status = self.read_status(self.run_dir)
+                status = contract.read_status(self.run_dir)
                 this_bout = rc == 0 and status.get("bout") == bout_id
                 if self.stopping is not None:
                     say(f"stopped by {signal.Signals(self.stopping).name}; training script exited with {rc}")
@@ -484,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.flush()
                     os.execv(sys.executable, [sys.executable, str(ROOT / "run.py"), *argv])
 
-        importlib.reload(config)  # the synced schema validates the config
+        for module in (config, utils, contract):  # the synced schema validates the config
+            importlib.reload(module)
 
         script = Path(args.script)
         if not script.is_absolute():
@@ -508,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path = run_dir / ".launch-config.json"
 
         def write_config(continue_run: bool) -> None:
-            write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
+            utils.atomic_write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
 
         say(f"run {cfg.run_name}: {cfg.architecture} on {cfg.env_id}, "
             f"{'new run' if not cfg.continue_run else 'continue if possible'}, folder {run_dir}")
@@ -517,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             child_env.setdefault(k, v)
         child_env.pop(REEXEC_GUARD, None)
         sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
-                         write_config=write_config, read_status=read_status, restart_delay=args.restart_delay,
+                         write_config=write_config, restart_delay=args.restart_delay,
                          max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash,
                          script_args=script_args)
         return sup.run()

@@ -8,7 +8,6 @@ folder of the README: config.json, checkpoints/, metrics.csv, status.json, tenso
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sys
@@ -24,6 +23,7 @@ import actor as actors
 import bout
 import agents
 import checkpoints
+import contract
 import envs
 import hub
 import metrics
@@ -36,7 +36,6 @@ from replay import ReplayBuffer
 from bout import log
 from utils import kv_line
 
-LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # set by run.py: the trainer stops when that process dies
 EVAL_SEED = 10_000  # held-out evaluation tracks: seeds EVAL_SEED, EVAL_SEED+1, ... (never the table's 0-49)
 ROOT = Path(__file__).resolve().parent
 
@@ -522,7 +521,7 @@ def apply_win_rule(t: Trainer) -> None:
     t.learning_stopped = True
     log(kv_line("learning_stopped", episode=t.episode, global_step=t.global_step, wins_last_100=wins,
                 threshold_percent=percent))
-    utils.write_status(t.run_dir, False, f"learning stopped: {wins} wins in the last 100 episodes reached "
+    contract.write_status(t.run_dir, False, f"learning stopped: {wins} wins in the last 100 episodes reached "
                        f"stop_learning_at_win_percent={percent:g}", learning_stopped=True,
                        global_step=t.global_step, episode=t.episode)
 
@@ -662,8 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         run_dir = cfg.run_dir(ROOT)
         lock = runlock.RunLock(run_dir).acquire()  # before anything of the run is touched
-        if os.environ.get(LAUNCHER_PID_ENV):
-            runlock.follow_parent(int(os.environ[LAUNCHER_PID_ENV]))
+        if contract.launcher_pid() is not None:
+            runlock.follow_parent(contract.launcher_pid())
         trainer = Trainer(cfg, run_dir, new_run=args.new_run or not cfg.continue_run)
         # the run's config.json changes only once the trainer accepted the config (shape, env, device); it
         # holds what the run trains with (a former default kept from its checkpoint included)

@@ -1,4 +1,4 @@
-"""Run-folder storage (atomic writes, status.json) and key=value log lines.
+"""Run-folder storage (atomic writes) and key=value log lines.
 
 Nothing here knows about DQN. `load_config` and `ConfigError` are re-exported from `config` because
 users' scripts call `utils.load_config` (the README documents it).
@@ -49,16 +49,6 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
-
-
-def write_status(run_dir: str | os.PathLike, finished: bool, reason: str, **extra: Any) -> None:
-    """`status.json` of the run-folder contract: `finished` and `reason` (+ extra fields)."""
-    atomic_write_json(Path(run_dir) / "status.json", {"finished": bool(finished), "reason": reason, **extra})
-
-
-def read_status(run_dir: str | os.PathLike) -> dict:
-    status = read_json(Path(run_dir) / "status.json", default=None)
-    return status if isinstance(status, dict) else {}
 
 
 def kv_line(event: str, **fields: Any) -> str:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import checkpoints
+import contract
 import train
-import utils
 from conftest import run_dir_of, write_config
 from replay import ReplayBuffer
 
@@ -128,7 +128,7 @@ def test_a_missing_or_damaged_segment_falls_back_with_a_warning(tmp_path, capsys
     out = capsys.readouterr().out
     assert f"warning: checkpoint {ckpts[-1].name}: its replay segment" in out and "is damaged" in out
     assert f"resumed checkpoint={ckpts[-2].name}" in out and "replay restored" in out
-    assert utils.read_status(run_dir_of(more))["global_step"] == 350
+    assert contract.read_status(run_dir_of(more))["global_step"] == 350
 
 
 def test_no_checkpoint_with_its_segments_whole_resumes_the_newest_with_an_empty_replay(tmp_path, capsys):
@@ -142,5 +142,5 @@ def test_no_checkpoint_with_its_segments_whole_resumes_the_newest_with_an_empty_
     out = capsys.readouterr().out
     assert f"no checkpoint has its replay whole; continuing from {newest} with an empty replay" in out
     assert f"resumed checkpoint={newest}" in out and "replay not restored (the checkpoint's replay segment" in out
-    assert utils.read_status(run_dir_of(more))["global_step"] == 350
+    assert contract.read_status(run_dir_of(more))["global_step"] == 350
     assert any((ckpt_dir / "replay").iterdir())  # the new checkpoints saved their replay again

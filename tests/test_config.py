@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import config
+import contract
 import utils
 from config import ConfigError, load_config
 
@@ -140,9 +141,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 
 
 def test_status_round_trip(tmp_path):
-    assert utils.read_status(tmp_path) == {}
-    utils.write_status(tmp_path, True, "total_steps reached", global_step=10)
-    assert utils.read_status(tmp_path) == {"finished": True, "reason": "total_steps reached", "global_step": 10}
+    assert contract.read_status(tmp_path) == {}
+    contract.write_status(tmp_path, True, "total_steps reached", global_step=10)
+    assert contract.read_status(tmp_path) == {"finished": True, "reason": "total_steps reached", "global_step": 10}
 
 
 def test_kv_line_quotes_values_with_spaces():

@@ -10,9 +10,9 @@ import pytest
 
 import bout
 import checkpoints
+import contract
 import hub
 import train
-import utils
 from config import load_config
 from conftest import run_dir_of, write_config
 from hub_standin import HubStandIn
@@ -96,7 +96,7 @@ def test_only_changed_files_are_sent(server, tmp_path):
 def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     first = config(tmp_path, total_steps=200)
     train.main(["--config", str(first), "--new-run"])
-    step = utils.read_status(run_dir(first))["global_step"]
+    step = contract.read_status(run_dir(first))["global_step"]
     shutil.rmtree(run_dir(first))  # the studio's disk is gone
     second = config(tmp_path, total_steps=400)
     assert train.main(["--config", str(second)]) == 0
@@ -106,7 +106,7 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     assert "replay restored" in out  # its segments came down with it
     rows = (run_dir(second) / "metrics.csv").read_text().splitlines()
     assert rows[1].startswith("1,")  # the metrics came back with the checkpoint and continue
-    assert utils.read_status(run_dir(second))["global_step"] == 400
+    assert contract.read_status(run_dir(second))["global_step"] == 400
 
 
 def test_a_fresh_machine_keeps_the_former_default_of_the_hubs_checkpoint(server, tmp_path, capsys,
@@ -177,7 +177,7 @@ def test_wrong_token_is_one_line_and_training_goes_on(server, tmp_path, capsys, 
     lines = [l for l in out.out.splitlines() if "token was rejected" in l]
     assert len(lines) == 1 and "uploads are off for this bout" in lines[0]
     assert "hf_wrong_token_value" not in out.out + out.err
-    assert utils.read_status(run_dir(cfg))["finished"] is True
+    assert contract.read_status(run_dir(cfg))["finished"] is True
     assert "tester/runs" not in server.repos or not remote_files(server)
 
 
@@ -208,7 +208,7 @@ def test_outage_during_training_then_pushes_resume(server, tmp_path, capsys, mon
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     out = capsys.readouterr().out
     assert "push failed" in out and "retrying" in out
-    assert utils.read_status(run_dir(cfg))["finished"] is True
+    assert contract.read_status(run_dir(cfg))["finished"] is True
     files = remote_files(server)
     newest = sorted((run_dir(cfg) / "checkpoints").glob("*.pt"))[-1].name
     assert f"{PREFIX}/checkpoints/{newest}" in files  # the final state reached the Hub once it was back
@@ -249,7 +249,7 @@ def test_a_damaged_local_checkpoint_heals_from_the_hub_and_is_never_uploaded(ser
     (not step 0), and the damaged file never replaces the good one on the Hub."""
     first = config(tmp_path, total_steps=200, local_backup=False)
     assert train.main(["--config", str(first), "--new-run"]) == 0
-    step = utils.read_status(run_dir(first))["global_step"]
+    step = contract.read_status(run_dir(first))["global_step"]
     name = f"ckpt_{step:010d}.pt"
     local = run_dir(first) / "checkpoints" / name
     assert [p.name for p in (run_dir(first) / "checkpoints").glob("ckpt_*.pt")] == [name]
@@ -261,7 +261,7 @@ def test_a_damaged_local_checkpoint_heals_from_the_hub_and_is_never_uploaded(ser
     out = capsys.readouterr().out
     assert f"took checkpoint {name} (step {step})" in out
     assert f"resumed checkpoint={name} global_step={step}" in out
-    assert utils.read_status(run_dir(second))["global_step"] == 300
+    assert contract.read_status(run_dir(second))["global_step"] == 300
     # a damaged checkpoint is not uploaded: damage the newest local file before a push
     newest = max((run_dir(second) / "checkpoints").glob("ckpt_*.pt"))
     mirror = hub.HubMirror(hub.hub_environment(), "hubrun", run_dir(second), keep_checkpoints=2, log=print)

@@ -86,7 +86,7 @@ def git(cwd: Path, *args: str) -> str:
 def write_project(folder: Path) -> None:
     """The files a project needs to launch, with the stand-in as train.py."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("run.py", "config.py", "preflight.py", "conf.json.example", ".gitignore"):
+    for name in ("run.py", "config.py", "contract.py", "utils.py", "preflight.py", "conf.json.example", ".gitignore"):
         shutil.copy(REPO / name, folder / name)
     (folder / "train.py").write_text(STANDIN)
     (folder / "requirements.txt").write_text("pytest\n")

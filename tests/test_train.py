@@ -14,6 +14,7 @@ import torch
 import bout
 import agents
 import checkpoints
+import contract
 import models
 import train
 import utils
@@ -62,7 +63,7 @@ def test_straight_run_equals_stop_and_resume(tmp_path, arch):
     assert train.main(["--config", str(straight), "--new-run"]) == 0
     first = tiny(tmp_path, name="split", total_steps=173, **arch)  # stops mid-episode
     assert train.main(["--config", str(first), "--new-run"]) == 0
-    assert utils.read_status(run_dir(first))["finished"] is True
+    assert contract.read_status(run_dir(first))["finished"] is True
     second = tiny(tmp_path, name="split", total_steps=400, **arch)  # a larger budget: the run continues
     assert train.main(["--config", str(second)]) == 0
     a, b = final_weights(straight), final_weights(second)
@@ -194,17 +195,17 @@ def test_new_run_archives_the_previous_run(tmp_path):
 def test_budgets_and_status(tmp_path):
     cfg = tiny(tmp_path, total_steps=0, max_episodes=7)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
-    status = utils.read_status(run_dir(cfg))
+    status = contract.read_status(run_dir(cfg))
     assert status["finished"] and "max_episodes 7" in status["reason"] and len(rows(cfg)) == 7
 
 
 def test_bout_budget_stops_without_finishing(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, total_steps=0)
-    monkeypatch.setenv(bout.BOUT_SECONDS_ENV, "1.5")
+    monkeypatch.setenv(contract.BOUT_SECONDS_ENV, "1.5")
     t0 = time.monotonic()
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     assert time.monotonic() - t0 < 30
-    status = utils.read_status(run_dir(cfg))
+    status = contract.read_status(run_dir(cfg))
     assert status["finished"] is False and "bout time budget" in status["reason"]
     assert list((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
 
@@ -214,7 +215,7 @@ def test_win_rule_stops_learning_but_not_acting(tmp_path):
                epsilon_decay_steps=0, decay=0.9)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     ckpt = final_weights(cfg)
-    status = utils.read_status(run_dir(cfg))
+    status = contract.read_status(run_dir(cfg))
     assert ckpt["counters"]["learning_stopped"] is True and status["learning_stopped"] is True
     assert ckpt["counters"]["global_step"] == 600  # it kept acting to the budget
     assert ckpt["counters"]["updates"] < 600 - 20  # but stopped updating
@@ -263,7 +264,7 @@ def test_sigterm_checkpoints_and_exits_within_seconds(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert time.time() - t0 < 10
-    assert "interrupted by SIGTERM" in utils.read_status(run_dir(cfg))["reason"]
+    assert "interrupted by SIGTERM" in contract.read_status(run_dir(cfg))["reason"]
     assert list((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
 
 
