@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import checkpoints
-from config import HUB_ENV_KEYS as ENV_KEYS
+from envfile import HUB_ENV_KEYS as ENV_KEYS
 
 
 def hub_environment(environ=None, dotenv_path: Path | None = None) -> dict[str, str]:

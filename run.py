@@ -2,16 +2,15 @@
 """Launcher: .env, git sync + self-restart, dependency check, config, bout supervisor.
 
 It must run on a fresh machine before the requirements are installed, so it imports the standard
-library and of the project only `config.py` (itself standard library only; python-dotenv when
-importable, to read .env). It imports config.py at start, for .env, and reloads it after the code
-sync, so that the newest schema validates the config. The
+library and of the project only its standard-library modules: config.py, envfile.py (python-dotenv when
+importable, to read .env), gitsync.py, contract.py and utils.py, reloaded after the code sync, so that
+the newest schema validates the config. The
 checks that must run in the training interpreter (the synced modules import, the requirements are
 met) are `preflight.py`, run as a script by that interpreter. See `python run.py --help` and the README.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -27,15 +26,15 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402  (standard library only; reloaded after a code sync)
 import contract  # noqa: E402  (the same)
+import envfile  # noqa: E402  (the same)
+import gitsync  # noqa: E402  (the same)
 import utils  # noqa: E402  (the same)
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
-SYNC_REMOTE = "codebase"  # remote name used for syncing; the user's own remotes are left alone
-TRAINING_MODULES = ("config", "utils", "contract", "agents", "metrics", "checkpoints", "replay", "hub", "models",
-                    "carracing_fast", "envs", "train", "evaluate")
+TRAINING_MODULES = ("config", "envfile", "utils", "contract", "agents", "metrics", "checkpoints", "replay", "hub",
+                    "models", "carracing_fast", "envs", "train", "evaluate")
 PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-GIT_LOCAL_TIMEOUT = 120.0  # local git commands (reset, rev-parse) on a slow disk
 
 
 class BadInput(Exception):
@@ -48,119 +47,6 @@ def say(msg: str) -> None:
 
 def warn(msg: str) -> None:
     print(f"[run.py] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- git sync
-def _askpass_helper() -> str:
-    """A script git runs for a username or password: it prints them from its environment, so they
-    never appear in a command line (`ps`) or in .git/config."""
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="snndqn-askpass-"))  # private (0700)
-    helper = folder / "askpass.sh"
-    helper.write_text('#!/bin/sh\ncase "$1" in\n  Username*) printf "%s" "$SNNDQN_GIT_USERNAME" ;;\n'
-                      '  *) printf "%s" "$SNNDQN_GIT_PASSWORD" ;;\nesac\n')
-    helper.chmod(0o700)
-    return str(helper)
-
-
-def git(*args: str, cwd: Path = ROOT, check: bool = True, timeout: float = GIT_LOCAL_TIMEOUT,
-        creds: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run git; past `timeout` s it is killed with every helper it started (a remote that never answers)."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ASKPASS="true")
-    for k in config.GIT_CRED_ENV:
-        env.pop(k, None)
-    if creds:
-        env.update(creds, GIT_ASKPASS=_askpass_helper())
-    proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    finally:
-        if creds:
-            shutil.rmtree(Path(env["GIT_ASKPASS"]).parent, ignore_errors=True)
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    if check and proc.returncode != 0:
-        lines = [ln.strip() for ln in (err or out).strip().splitlines() if ln.strip()]
-        fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-        raise RuntimeError(config.redact_url((fatal or lines or [f"git {args[0]} failed"])[0]))
-    return result
-
-
-def file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def head_commit(cwd: Path = ROOT) -> str | None:
-    proc = git("rev-parse", "--verify", "-q", "HEAD", cwd=cwd, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def sync_code(link: str, branch: str, interpreter: str, timeout: float = config.SYNC_TIMEOUT_DEFAULT) -> bool:
-    """Bring ROOT to the newest commit of the remote. Returns True when files changed.
-
-    Failures are reported in one line and leave the local code as it was. Credentials in the link
-    reach git through its askpass helper only; the remote is stored without them.
-    """
-    if shutil.which("git") is None:
-        warn("code sync skipped: the git command is not installed")
-        return False
-    url, creds = config.split_credentials(config.resolve_remote(link, ROOT))
-    shown = config.redact_url(url)
-    try:
-        if not branch:
-            branch = remote_default_branch(url, creds, timeout)
-        if not (ROOT / ".git").exists():
-            git("init", "-q", "-b", branch)
-            say(f"{ROOT} is not a git checkout; turning it into a checkout of {shown} (your files are kept)")
-        remotes = git("remote").stdout.split()
-        git("remote", "set-url" if SYNC_REMOTE in remotes else "add", SYNC_REMOTE, url)
-        git("fetch", "-q", "--no-tags", SYNC_REMOTE, f"+refs/heads/{branch}:refs/remotes/{SYNC_REMOTE}/{branch}",
-            timeout=timeout, creds=creds)
-    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-        reason = (f"the remote did not answer within {timeout:g} s (code_sync_timeout in .env)"
-                  if isinstance(e, subprocess.TimeoutExpired) else str(e))
-        warn(f"code sync failed ({shown}{' ' + branch if branch else ''}): {reason}; carrying on with the local code")
-        return False
-
-    target = git("rev-parse", f"refs/remotes/{SYNC_REMOTE}/{branch}").stdout.strip()
-    old = head_commit()
-    if old == target:
-        say(f"code is up to date with {shown} {branch} ({target[:8]})")
-        return False
-    # Hard reset moves tracked files only: untracked and ignored files (conf.json, .env, runs/) stay.
-    git("reset", "-q", "--hard", target)
-    if git("symbolic-ref", "-q", "HEAD", check=False).returncode == 0:
-        git("branch", "-q", f"--set-upstream-to={SYNC_REMOTE}/{branch}", check=False)
-    say(f"synced code from {shown} {branch}: {old[:8] if old else 'nothing'} -> {target[:8]}")
-
-    problem = smoke_import(interpreter)
-    if problem:
-        if old:
-            git("reset", "-q", "--hard", old)
-            warn(f"synced code {target[:8]} fails to import ({problem}); rolled back to {old[:8]}")
-        else:
-            warn(f"synced code {target[:8]} fails to import ({problem}); no earlier commit to roll back to")
-        return old is None
-    return True
-
-
-def remote_default_branch(url: str, creds: dict[str, str], timeout: float) -> str:
-    out = git("ls-remote", "--symref", url, "HEAD", timeout=timeout, creds=creds).stdout
-    m = re.search(r"^ref: refs/heads/(\S+)\s+HEAD", out, re.M)
-    if not m:
-        raise RuntimeError("the remote has no default branch; set code_base_branch in .env")
-    return m.group(1)
-
-
-
 
 
 def smoke_import(interpreter: str) -> str | None:
@@ -259,9 +145,9 @@ def _read_conf_json() -> dict:
 
 def check_hub_settings(cfg, env: dict[str, str]) -> None:
     """upload_to_cloud needs the Hub keys of .env (the config module's rule)."""
-    merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in config.HUB_ENV_KEYS}
+    merged = {k: (os.environ.get(k) or env.get(k, "")).strip() for k in envfile.HUB_ENV_KEYS}
     try:
-        config.check_upload_settings(cfg, merged)
+        envfile.check_upload_settings(cfg, merged)
     except config.ConfigError as e:
         raise BadInput(str(e)) from None
 
@@ -446,13 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_crashes < 1 or args.restart_delay < 0 or args.kill_grace < 0 or args.quick_crash < 0:
             raise BadInput("--max-crashes must be >= 1 and the time options >= 0")
 
-        env = config.load_env(ROOT / ".env")
-        interpreter = config.training_interpreter(env, ROOT)
+        env = envfile.load_env(ROOT / ".env")
+        interpreter = envfile.training_interpreter(env, ROOT)
         link = env.get("code_base_link", "").strip()
         if link and link != "." and not args.no_sync:
-            before = file_digest(ROOT / "run.py")
-            sync_code(link, env.get("code_base_branch", "").strip(), interpreter, config.sync_timeout(env))
-            if file_digest(ROOT / "run.py") != before:
+            before = gitsync.file_digest(ROOT / "run.py")
+            gitsync.sync_code(ROOT, link, env.get("code_base_branch", "").strip(), envfile.sync_timeout(env),
+                              lambda: smoke_import(interpreter), say, warn)
+            if gitsync.file_digest(ROOT / "run.py") != before:
                 if os.environ.get(REEXEC_GUARD):
                     warn("run.py changed again after a restart; not restarting twice")
                 else:
@@ -462,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.flush()
                     os.execv(sys.executable, [sys.executable, str(ROOT / "run.py"), *argv])
 
-        for module in (config, utils, contract):  # the synced schema validates the config
+        for module in (config, envfile, gitsync, utils, contract):  # the synced schema validates the config
             importlib.reload(module)
 
         script = Path(args.script)

@@ -86,7 +86,8 @@ def git(cwd: Path, *args: str) -> str:
 def write_project(folder: Path) -> None:
     """The files a project needs to launch, with the stand-in as train.py."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("run.py", "config.py", "contract.py", "utils.py", "preflight.py", "conf.json.example", ".gitignore"):
+    for name in ("run.py", "config.py", "envfile.py", "gitsync.py", "contract.py", "utils.py", "preflight.py",
+                 "conf.json.example", ".gitignore"):
         shutil.copy(REPO / name, folder / name)
     (folder / "train.py").write_text(STANDIN)
     (folder / "requirements.txt").write_text("pytest\n")
@@ -481,7 +482,7 @@ def test_torch_comes_from_the_cpu_index_on_a_machine_without_cuda(tmp_path):
 
 
 def test_env_parser_matches_dotenv_rules():
-    import config
+    import envfile
 
     text = textwrap.dedent('''\
         # comment
@@ -495,7 +496,7 @@ def test_env_parser_matches_dotenv_rules():
         H="multi
         line"
     ''')
-    parsed = config.parse_env_text(text)
+    parsed = envfile.parse_env_text(text)
     assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single $x",
                       "E": "line1\nline2", "F": "", "G": "a#b", "H": "multi\nline"}
     dotenv = pytest.importorskip("dotenv")
