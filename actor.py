@@ -2,7 +2,7 @@
 the learner updates (`actor` key).
 
 In the plain loop one core alternates: act, step the environment, and every `train_every` agent steps
-an update that costs far more than the steps (CarRacing on a CPU: ~50-120 ms against ~4-10 ms). With
+an update that costs far more than the steps (CarRacing on a CPU: about ten times; docs/benchmarks.md). With
 an actor the environment and action selection run in a worker process on the other core, one block
 of `train_every` agent steps at a time, while the learner runs the update those steps pay for:
 
@@ -17,7 +17,7 @@ is taken with the actor idle, and the block after it uses the current weights, s
 continues exactly as the uninterrupted one would.
 
 The in-run held-out evaluation is shared the same way: the actor plays the second half of the tracks with
-the current weights while the trainer plays the first (train.held_out_returns), so the worker's core is
+the current weights while the trainer plays the first (heldout.returns), so the worker's core is
 not idle while the trainer evaluates.
 
 `InlineActor` runs the same blocks in this process (the same learning, no overlap): the fallback when
@@ -57,6 +57,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def block_steps(cfg, global_step: int) -> int:
+    """Vector steps in the next block: `train_every` agent steps, none past the run's budget."""
+    steps = max(1, cfg.train_every // cfg.agents)
+    if cfg.total_steps:
+        steps = max(1, min(steps, -(-(cfg.total_steps - global_step) // cfg.agents)))
+    return steps
+
+
 def plan_block(rng: np.random.Generator, steps: int, agents: int, epsilon: float, n_actions: int) -> list:
     """The random part of a block's actions, drawn as `Trainer.act` draws them: per vector step, who
     explores (ε's coin) and the random action each would take."""
@@ -83,6 +91,34 @@ def play_block(vec, net: torch.nn.Module, obs: np.ndarray, plan: list) -> list:
         out.append((actions, next_obs, rewards, terms, truncs, infos))
         obs = next_obs
     return out
+
+
+class PlainEnvs:
+    """The plain loop's vector environment behind the actors' interface (reset, snapshot, restore, step,
+    close), so the trainer treats the environments alike whoever steps them."""
+
+    kind = "off"
+
+    def __init__(self, vec):
+        self.vec = vec
+
+    def __getattr__(self, name):  # spaces, the sub-environments, ...
+        return getattr(self.vec, name)
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.vec.reset(seed=seed)[0]
+
+    def step(self, actions):
+        return self.vec.step(actions)
+
+    def snapshot(self) -> bytes | None:
+        return envs.snapshot_vector_env(self.vec)
+
+    def restore(self, blob: bytes, obs: np.ndarray) -> None:
+        envs.restore_vector_env(self.vec, blob)
+
+    def close(self) -> None:
+        self.vec.close()
 
 
 class InlineActor:
@@ -316,6 +352,54 @@ class TargetSplit:
         if self.play is None or self.target is None or self.update is None:
             return True  # measure the worker's pass first
         return self.play + self.target < self.update
+
+
+class TargetPass:
+    """The worker's share of the update: the target network's pass over the s' of the update its block pays
+    for, run on the core the block leaves idle while the trainer runs the rest of the update (the same pass
+    on the same weights: the learning is the same either way). The trainer's side of it:
+
+    - `offer(batch)` when a block starts: the batch of the update it pays for (sampled now, after ε's coins,
+      the plain loop's order of draws), or None; gives `actor.start`'s `next_obs` and target version;
+    - `take()` in that update: the offered batch and a call that waits for the worker's answer, or
+      (None, None): nothing was offered, the trainer samples and runs the pass itself;
+    - `target_changed()` whenever the target network's weights change (the worker's copy follows);
+    - `block_played()` after each block and `update_done(seconds)` after each update: the timings that
+      decide whether offering pays now (TargetSplit).
+
+    Used only where the trainer runs one torch thread, as the worker does: the same kernels, so a run's
+    numbers do not depend on the timing-driven choice."""
+
+    def __init__(self, actor: ProcessActor):
+        self.actor = actor
+        self.split = TargetSplit()
+        self.version = 0  # counts the target network's changes
+        self.batch = None  # offered with the running block, not yet taken
+        self.remote = False  # whether the update being timed had the worker's pass
+
+    def wanted(self) -> bool:
+        return self.split.wanted()
+
+    def offer(self, batch) -> tuple[np.ndarray | None, int]:
+        self.batch = batch
+        return (None if batch is None else batch.next_observations), self.version
+
+    def take(self):
+        batch, self.batch = self.batch, None
+        self.remote = batch is not None
+        return (batch, self.actor.target_q) if batch is not None else (None, None)
+
+    def target_changed(self) -> None:
+        self.version += 1
+
+    def block_played(self) -> None:
+        self.split.block_played(self.actor.play_seconds)
+
+    def update_done(self, seconds: float) -> None:
+        if self.remote:
+            self.split.update_done(seconds, self.actor.answer_wait, self.actor.target_seconds)
+        else:
+            self.split.update_done(seconds)
 
 
 def _copy_weights(dest: dict, src: dict) -> None:

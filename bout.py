@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 
 import contract
 import models
@@ -60,14 +59,14 @@ class Bout:
                     snn_mode=cfg.snn_mode if cfg.architecture == "snn" else "-", env=cfg.env_id, agents=cfg.agents,
                     device=t.device, encoder=cfg.encoder if len(t.obs_shape) == 3 else "-",
                     precision=models.encoder_precision(cfg, t.obs_shape), train_every=cfg.train_every,
-                    actor=t.actor.kind if t.actor is not None else "off",
+                    actor=t.vec.kind,
                     obs_shape="x".join(map(str, t.obs_shape)), replay_mb=round(t.replay_mb),
-                    global_step=t.global_step, episode=t.episode, bout_seconds=round(self.seconds)))
+                    global_step=t.state.global_step, episode=t.state.episode, bout_seconds=round(self.seconds)))
         self._status(False, "training")
         log(f"run folder: {t.run_dir}  |  curves: tensorboard --logdir {t.run_dir / 'tensorboard'}  "
             f"(and {t.run_dir / 'plots' / 'training.png'} at every checkpoint)")
         progress = Progress(t, self.seconds, force_bar=os.environ.get(FORCE_BAR_ENV) == "1")
-        sps_t0, sps_steps = time.monotonic(), t.global_step
+        sps_t0, sps_steps = time.monotonic(), t.state.global_step
         sps = 0.0
         reason = finished = None
         try:
@@ -84,8 +83,8 @@ class Bout:
                 t.step(sps)
                 now = time.monotonic()
                 if now - sps_t0 >= 5:
-                    sps = (t.global_step - sps_steps) / (now - sps_t0)
-                    sps_t0, sps_steps = now, t.global_step
+                    sps = (t.state.global_step - sps_steps) / (now - sps_t0)
+                    sps_t0, sps_steps = now, t.state.global_step
                 progress.update(t, sps, deadline)
             t.save_checkpoint()
         except OSError as e:
@@ -95,8 +94,8 @@ class Bout:
         finally:
             progress.close()
         self._status(bool(finished), finished or reason)
-        log(kv_line("finished" if finished else "stopped", reason=finished or reason, global_step=t.global_step,
-                    episode=t.episode))
+        log(kv_line("finished" if finished else "stopped", reason=finished or reason, global_step=t.state.global_step,
+                    episode=t.state.episode))
         t.metrics.close()
         t.vec.close()
         if t.hub is not None:
@@ -118,8 +117,7 @@ class Bout:
 
     def _status(self, finished: bool, reason: str) -> None:
         t = self.t
-        contract.write_status(t.run_dir, finished, reason, global_step=t.global_step, episode=t.episode,
-                              learning_stopped=t.learning_stopped)
+        contract.write_status(t.run_dir, finished, reason, **t.state.progress())
 
 
 class Progress:
@@ -133,14 +131,14 @@ class Progress:
         self.start = time.monotonic()
         self.by_steps = t.cfg.total_steps > 0
         self.phase = None
-        self.shown = t.global_step if self.by_steps else 0
+        self.shown = t.state.global_step if self.by_steps else 0
         if force_bar or sys.stdout.isatty():
             try:
                 from tqdm import tqdm
             except ImportError:
                 return
             if self.by_steps:
-                self.bar = tqdm(total=t.cfg.total_steps, initial=t.global_step, unit="step", dynamic_ncols=True,
+                self.bar = tqdm(total=t.cfg.total_steps, initial=t.state.global_step, unit="step", dynamic_ncols=True,
                                 file=sys.stdout)
             else:  # no step budget: the bar is the bout's time
                 self.bar = tqdm(total=round(seconds), unit="s", dynamic_ncols=True, file=sys.stdout,
@@ -148,20 +146,12 @@ class Progress:
                                            "[{elapsed}<{remaining}{postfix}]")
             _BAR = self.bar
 
-    @staticmethod
-    def _mean100(t) -> float:
-        return float(np.mean(t.recent_returns)) if t.recent_returns else float("nan")
-
-    @staticmethod
-    def _loss(t) -> float | None:
-        return float(t.loss_sum) / t.loss_count if t.loss_count else None
-
     def update(self, t, sps: float, deadline: float) -> None:
         """Called every loop iteration: anything beyond a counter update happens only when shown."""
         now = time.monotonic()
-        filling = t.global_step < t.cfg.learning_starts
+        filling = t.state.global_step < t.cfg.learning_starts
         if self.bar is not None:
-            n = t.global_step if self.by_steps else min(int(now - self.start), self.bar.total)
+            n = t.state.global_step if self.by_steps else min(int(now - self.start), self.bar.total)
             if n != self.shown:
                 self.bar.update(n - self.shown)
                 self.shown = n
@@ -171,16 +161,16 @@ class Progress:
                 self.bar.set_description(phase)
             if now - self.last >= 1.0:
                 self.last = now
-                post = {"step": t.global_step} if not self.by_steps else {}
-                self.bar.set_postfix(ep=t.episode, ret100=f"{self._mean100(t):.1f}", eps=f"{t.epsilon:.3f}",
+                post = {"step": t.state.global_step} if not self.by_steps else {}
+                self.bar.set_postfix(ep=t.state.episode, ret100=f"{t.state.mean_return_100():.1f}", eps=f"{t.state.epsilon:.3f}",
                                      sps=f"{sps:.0f}", **post, refresh=False)
             return
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            loss = self._loss(t)
+            loss = t.state.mean_loss()
             log(kv_line("progress", time=time.strftime("%H:%M:%S"), phase="filling_replay" if filling else "training",
-                        global_step=t.global_step, episode=t.episode, sps=round(sps, 1),
-                        mean_return_100=round(self._mean100(t), 2), epsilon=round(t.epsilon, 4),
+                        global_step=t.state.global_step, episode=t.state.episode, sps=round(sps, 1),
+                        mean_return_100=round(t.state.mean_return_100(), 2), epsilon=round(t.state.epsilon, 4),
                         loss="-" if loss is None else round(loss, 5), replay=len(t.replay),
                         bout_left_s=round(max(0.0, deadline - now))))
 

@@ -353,86 +353,34 @@ def trained_steps(ckpt: dict) -> int | None:
     return (ckpt.get("trained") or ckpt.get("counters") or {}).get("global_step")
 
 
-# --------------------------------------------------------------------------- the trainer's state
-def capture(t, env_snapshot: bytes | None) -> dict:
-    """Everything a `train.Trainer` needs to continue exactly where it is."""
-    return {
-        "format": FORMAT,
-        "config": t.cfg.to_dict(),
-        "obs_shape": list(t.obs_shape),
-        "n_actions": t.n_actions,
-        "q_network": t.q_network.state_dict(),
-        "target_network": t.target_network.state_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "counters": {"global_step": t.global_step, "episode": t.episode, "updates": t.updates,
-                     "update_credit": t.update_credit, "epsilon": t.epsilon, "learning_stopped": t.learning_stopped},
-        "history": {"recent_wins": list(t.recent_wins), "recent_returns": list(t.recent_returns),
-                    "episode_return": t.episode_return.tolist(), "episode_length": t.episode_length.tolist(),
-                    "action_counts": t.action_counts.tolist(), "last_eval": t.last_eval, "best_eval": t.best_eval,
-                    "loss_sum": float(t.loss_sum), "loss_count": t.loss_count},
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "trainer": t.rng.bit_generator.state},
-        "env": {"snapshot": env_snapshot, "obs": np.array(t.obs), "autoreset": t.autoreset.copy()},
-        "replay": t.replay_segments.capture(t.replay, t.global_step) if t.cfg.save_replay else None,
-    }
+# --------------------------------------------------------------------------- random states and the replay
+def rng_state(trainer_rng: np.random.Generator) -> dict:
+    """Every random generator a run draws from, for an exact resume."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "trainer": trainer_rng.bit_generator.state}
 
 
-def capture_weights(t) -> dict:
-    """Just what a weights-only file needs from a `train.Trainer` (no replay, no optimiser)."""
-    return {"config": t.cfg.to_dict(), "obs_shape": list(t.obs_shape), "n_actions": t.n_actions,
-            "q_network": t.q_network.state_dict(),
-            "counters": {"global_step": t.global_step, "episode": t.episode, "updates": t.updates}}
-
-
-def restore(t, ckpt: dict) -> tuple[str, dict | None]:
-    """Put a checkpoint's state into a `train.Trainer` built with the same network shape.
-
-    Returns (a note on the replay, the environments' saved state or None when it cannot apply)."""
-    check_shape(ckpt["config"], t.cfg, "the run's checkpoint",
-                "set {setting} in the config to resume it, or start a new run (python run.py --forcenewrun)")
-    t.q_network.load_state_dict(ckpt["q_network"])
-    t.target_network.load_state_dict(ckpt["target_network"])
-    # this trainer's Adam kernel (fused or not: a checkpoint of another version or machine may differ)
-    # and a changed learning rate apply; set before loading, so the step counters land where the kernel wants
-    state = dict(ckpt["optimizer"])
-    state["param_groups"] = [{**saved, "lr": t.cfg.learning_rate, "fused": own.get("fused"),
-                              "foreach": own.get("foreach")}
-                             for saved, own in zip(state["param_groups"], t.optimizer.param_groups)]
-    t.optimizer.load_state_dict(state)
-    c = ckpt["counters"]
-    t.global_step, t.episode, t.updates = c["global_step"], c["episode"], c["updates"]
-    t.update_credit, t.epsilon, t.learning_stopped = c["update_credit"], c["epsilon"], c["learning_stopped"]
-    h = ckpt["history"]
-    t.recent_wins.extend(h["recent_wins"])
-    t.recent_returns.extend(h["recent_returns"])
-    t.action_counts[:] = h["action_counts"]
-    t.last_eval = h["last_eval"]
-    t.best_eval = h.get("best_eval")  # absent in checkpoints of older versions
-    t.loss_sum.fill_(h["loss_sum"])
-    t.loss_count = h["loss_count"]
-    r = ckpt["rng"]
+def restore_rng(r: dict, trainer_rng: np.random.Generator) -> None:
     random.setstate(r["python"])
     np.random.set_state(r["numpy"])
     torch.set_rng_state(r["torch"])
     if r["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(r["cuda"])
-    t.rng.bit_generator.state = r["trainer"]
-    if ckpt["replay"] is None:
-        replay_note = "no replay in the checkpoint (save_replay was false); starting with an empty one"
-    elif "missing" in ckpt["replay"]:
-        replay_note = f"replay not restored (the checkpoint's {ckpt['replay']['missing']}); starting with an empty one"
-    else:
-        replay_note = "replay restored"
-        try:
-            t.replay_segments.restore(t.replay, ckpt["replay"])
-        except (ValueError, KeyError, zlib.error) as e:
-            t.replay.clear()
-            t.replay_segments.reset()
-            replay_note = f"replay not restored ({e}); starting with an empty one"
-    env = ckpt["env"]
-    if env["snapshot"] is None or t.cfg.agents != len(env["obs"]):
-        return replay_note, None
-    t.episode_return[:] = h["episode_return"]
-    t.episode_length[:] = h["episode_length"]
-    return replay_note, env
+    trainer_rng.bit_generator.state = r["trainer"]
+
+
+def restore_replay(segments: ReplaySegments, replay, saved: dict | None) -> str:
+    """Fill `replay` from a checkpoint's replay section; a note on what happened (an empty replay refills
+    before learning resumes)."""
+    if saved is None:
+        return "no replay in the checkpoint (save_replay was false); starting with an empty one"
+    if "missing" in saved:
+        return f"replay not restored (the checkpoint's {saved['missing']}); starting with an empty one"
+    try:
+        segments.restore(replay, saved)
+    except (ValueError, KeyError, zlib.error) as e:
+        replay.clear()
+        segments.reset()
+        return f"replay not restored ({e}); starting with an empty one"
+    return "replay restored"

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
+
+import numpy as np
 
 from utils import atomic_write_bytes
 
@@ -82,18 +85,37 @@ class MetricsLog:
         if self.wandb is not None:  # the same scalars as TensorBoard, against the agent step
             self.wandb.log({tag: value, "global_step": step})
 
-    def episode_scalars(self, step: int, ret: float, length: int, epsilon: float, win_rate: float, sps: float,
-                        loss: float | None, eval_return: float | None) -> None:
-        """The end-of-episode scalars, under CleanRL's names."""
-        self.scalar("charts/episodic_return", ret, step)
-        self.scalar("charts/episodic_length", length, step)
-        self.scalar("charts/epsilon", epsilon, step)
-        self.scalar("charts/win_rate_100", win_rate, step)
-        self.scalar("charts/SPS", sps, step)
-        if loss is not None:
-            self.scalar("losses/td_loss", loss, step)
-        if eval_return is not None:
-            self.scalar("eval/episodic_return", eval_return, step)
+    def episode(self, episode: int, global_step: int, ret: float, length: int, epsilon: float, win: bool,
+                win_rate: float, loss: float | None, sps: float, eval_return: float | None = None,
+                skipped_tiles: int | None = None, teacher: tuple[float, float | None] | None = None) -> dict:
+        """An episode's end: its metrics.csv row and its scalars under CleanRL's names (`skipped_tiles` with
+        the skip penalty on, `teacher` (weight, mean loss) with kickstarting). Returns the row."""
+        row = {"episode": episode, "global_step": global_step, "return": round(ret, 4), "length": length,
+               "epsilon": round(epsilon, 6), "win": int(win), "loss": None if loss is None else round(loss, 6),
+               "sps": round(sps, 2), "wall_time": round(time.time(), 2), "eval_return": eval_return,
+               "skipped_tiles": skipped_tiles}
+        self.row(row)
+        step = global_step
+        for tag, value in (("charts/episodic_return", ret), ("charts/episodic_length", length),
+                           ("charts/epsilon", epsilon), ("charts/win_rate_100", win_rate), ("charts/SPS", sps),
+                           ("losses/td_loss", loss), ("eval/episodic_return", eval_return),
+                           ("charts/skipped_tiles", skipped_tiles)):
+            if value is not None:
+                self.scalar(tag, value, step)
+        if teacher is not None:
+            self.scalar("charts/teacher_weight", teacher[0], step)
+            if teacher[1] is not None and teacher[0] > 0:  # annealed away: nothing to log
+                self.scalar("losses/teacher_loss", teacher[1], step)
+        return row
+
+    def debug(self, step: int, replay_size: int, frames, action_counts) -> None:
+        """debug: the replay's fill, a few observation frames (`frames`, or None) and the action histogram."""
+        self.scalar("debug/replay_size", replay_size, step)
+        if frames is not None and self.writer is not None:
+            self.writer.add_images("debug/observation_frames", np.asarray(frames)[:, None], step, dataformats="NCHW")
+        total = max(1, int(action_counts.sum()))
+        for a, n in enumerate(action_counts):
+            self.scalar(f"debug/action_{a}_share", n / total, step)
 
     def text(self, tag: str, value: str) -> None:
         if self.writer is not None:

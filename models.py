@@ -168,7 +168,7 @@ def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
     if obs.dtype == torch.uint8:
         if dtype == torch.bfloat16 and obs.dim() == 4:  # the bfloat16 encoder's layout, see _channels_last
             # converted in the replay's layout, then moved: a cast fused with the layout change runs
-            # element by element (~4 ms for a batch of 64 CarRacing stacks, against ~1.2 ms this way)
+            # element by element (several times slower; docs/benchmarks.md)
             out = torch.empty_like(obs, dtype=dtype, memory_format=torch.channels_last)
             return out.copy_(obs.to(dtype).div_(255.0))
         return obs.to(dtype).div_(255.0)
@@ -178,7 +178,7 @@ def _to_float(obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 def _channels_last(encoder: nn.Module) -> None:
     """The bfloat16 encoder keeps its convolutions' weights, and its frames (`_to_float`), channels-last:
     oneDNN runs bfloat16 convolutions channels-last on AMX, so the default layout made it reorder every
-    input, activation and gradient there and back (~13 ms of a ~75 ms CPU update). There the same kernels
+    input, activation and gradient there and back (docs/benchmarks.md). There the same kernels
     on the same numbers: Q and gradients equal bit for bit (tests/test_models.py); on AVX512-BF16 without
     AMX oneDNN has other kernels for each layout, equal to bfloat16's rounding. Only for bfloat16: float32
     convolutions pick other kernels channels-last, equal up to rounding only."""
@@ -413,6 +413,13 @@ def parameter_count(cfg, obs_shape: Sequence[int], n_actions: int) -> int:
         count += width * hidden + hidden
         width = hidden
     return count
+
+
+def firing_rates(net: nn.Module, obs: torch.Tensor) -> dict[str, float]:
+    """Each spiking layer's firing rate on `obs` (one forward pass without gradients; {} for an ANN)."""
+    with torch.no_grad(), record_firing_rates(net) as rates:
+        net(obs)
+    return rates
 
 
 class record_firing_rates:

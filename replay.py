@@ -19,7 +19,7 @@ class Batch(NamedTuple):
     terminateds: Any  # [B] float32: 1 where the episode really ended (no bootstrap)
     weights: Any  # [B] float32 importance-sampling weights (ones for uniform replay)
     indices: Any  # [B] int64 global slot ids, for priority updates
-    discounts: Any = None  # [B] float32 gamma**m of n-step returns (m rewards summed); None for 1-step
+    discounts: Any  # [B] float32 gamma**m: the discount of the bootstrap (m rewards summed; m = 1 for 1-step)
 
 
 class SumTree:
@@ -188,8 +188,8 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng, beta: float = 0.4, n_step: int = 1, gamma: float = 0.99,
                reward_clip: float = 0.0) -> Batch:
-        """A minibatch; with n_step > 1 the rewards are n-step returns (reward_clip applied per step)
-        and `discounts` holds gamma**m per sample."""
+        """A minibatch whose rewards are what the update bootstraps from: clipped to ±reward_clip (when
+        > 0) per step, summed over n steps (n_step > 1), with `discounts` holding gamma**m per sample."""
         if self.tree is None:
             n = len(self.frames)
             chosen = np.empty(0, dtype=np.int64)
@@ -214,8 +214,12 @@ class ReplayBuffer:
             return Batch(self.stacked(slots), self.actions[slots], self.stacked(nxt), rewards,
                          done.astype(np.float32), weights, slots, discounts)
         nxt = (slots // self.per_env) * self.per_env + (slots % self.per_env + 1) % self.per_env
-        return Batch(self.stacked(slots), self.actions[slots], self.stacked(nxt), self.rewards[slots],
-                     self.terminated[slots].astype(np.float32), weights, slots)
+        rewards = self.rewards[slots]
+        if reward_clip > 0:
+            rewards = np.clip(rewards, -reward_clip, reward_clip)
+        return Batch(self.stacked(slots), self.actions[slots], self.stacked(nxt), rewards,
+                     self.terminated[slots].astype(np.float32), weights, slots,
+                     np.full(batch_size, gamma, dtype=np.float32))
 
     def update_priorities(self, slots, td_errors) -> None:
         if self.tree is None:

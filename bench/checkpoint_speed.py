@@ -8,7 +8,7 @@ frames look, replayed in shuffled order so that neighbouring frames differ as in
 every checkpoint did until incremental segments (zlib of all frames, then the file's sha256 read-back);
 "after" is the steady state with segments: one checkpoint has saved the replay, `--new` more frames
 arrive (2500 = the default checkpoint_every of 10 episodes at 250 agent steps each), and the next
-checkpoint writes them. Both go through checkpoints.capture and checkpoints.write, read-back included.
+checkpoint writes them. Both go through Trainer.state_dict and checkpoints.write, read-back included.
 Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -66,12 +66,12 @@ def add_frames(trainer, pool: np.ndarray, n: int, rng) -> None:
             trainer.replay.start(0, pool[k])
         else:
             trainer.replay.add(0, int(rng.integers(5)), 1.0, False, pool[k])
-        trainer.global_step += 1
+        trainer.state.global_step += 1
 
 
 def timed_checkpoint(trainer) -> tuple[float, float]:
     t0 = time.perf_counter()
-    state = checkpoints.capture(trainer, None)
+    state = trainer.state_dict(None)
     _, size = checkpoints.write(trainer.ckpt_dir, state, keep=2)
     return time.perf_counter() - t0, (size + trainer.replay_segments.last_bytes) / 2**20
 
@@ -87,7 +87,7 @@ def measure(size: int, new: int, arch: str, pool: np.ndarray, tmp: Path) -> dict
     trainer.replay_segments = FullReplay()
     before_s, before_mb = timed_checkpoint(trainer)
     trainer.replay_segments = segments
-    trainer.global_step += 1
+    trainer.state.global_step += 1
     first_s, first_mb = timed_checkpoint(trainer)  # the first one after a (re)start saves every frame once
     add_frames(trainer, pool, new, rng)
     after_s, after_mb = timed_checkpoint(trainer)

@@ -1,6 +1,6 @@
 """Seconds for one in-run held-out evaluation (`eval_episodes` full greedy episodes on the held-out
 tracks) in a trainer with the default config: the trainer playing every track itself (the code before
-2026-12-03 evening) against train.held_out_returns, where the actor process plays half of them at the
+2026-12-03 evening) against heldout.returns, where the actor process plays half of them at the
 same time. The same trainer, threads, agent and tracks; both must give the same returns (checked).
 
     python bench/eval_speed.py [--agent pretrained/snn_hybrid_ddqn.pt] [--episodes 10] [--rounds 2]
@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import agents  # noqa: E402
 import envs  # noqa: E402
+import heldout  # noqa: E402
 import config  # noqa: E402
 import train  # noqa: E402
 
@@ -53,11 +54,11 @@ def main() -> None:
         t = trainer_for(args.agent, Path(tmp))
         if t.actor is None or t.actor.kind != "process":
             sys.exit("no actor process here (actor auto takes one for images on a CPU with >= 2 cores)")
-        seeds = [train.EVAL_SEED + i for i in range(args.episodes)]
+        seeds = [heldout.EVAL_SEED + i for i in range(args.episodes)]
         try:
             for r in range(args.rounds):
                 alone, reference = timed(lambda: envs.evaluation_returns(t.cfg, t.greedy, seeds))
-                shared, returns = timed(lambda: train.held_out_returns(t, args.episodes))
+                shared, returns = timed(lambda: heldout.returns(t.cfg, t.greedy, args.episodes, t.actor))
                 if returns != reference:
                     sys.exit(f"the evaluation with the actor differs: {returns} vs {reference}")
                 rows.append({"round": r + 1, "trainer_alone_s": round(alone, 2), "with_actor_s": round(shared, 2),

@@ -48,21 +48,21 @@ def run(arch: str, max_steps: int, check_every: int, seed: int, tmp: Path, overr
     original = trainer.budget_reached
 
     def budget_reached():
-        if trainer.global_step >= state["next"]:
+        if trainer.state.global_step >= state["next"]:
             state["next"] += check_every
             returns = [envs.play_episode(env, trainer.greedy, seed=50_000 + i)[0] for i in range(20)]
             mean = float(np.mean(returns))
-            state["evals"].append((trainer.global_step, mean))
-            print(f"{arch}: step {trainer.global_step} greedy mean {mean:.1f}", file=sys.stderr, flush=True)
+            state["evals"].append((trainer.state.global_step, mean))
+            print(f"{arch}: step {trainer.state.global_step} greedy mean {mean:.1f}", file=sys.stderr, flush=True)
             if mean >= 475:
-                state["solved_at"] = trainer.global_step
+                state["solved_at"] = trainer.state.global_step
                 return "solved"
         return original()
 
     trainer.budget_reached = budget_reached
     trainer.run()
     env.close()
-    return {"solved": state["solved_at"] is not None, "steps": state["solved_at"] or trainer.global_step,
+    return {"solved": state["solved_at"] is not None, "steps": state["solved_at"] or trainer.state.global_step,
             "wall_s": time.perf_counter() - start, "evals": state["evals"]}
 
 

@@ -37,7 +37,7 @@ def measure(arch: str, window: int, rounds: int, tmp: Path, extra: dict) -> dict
                               "checkpoint_every": 10**6, "eval_every": 0, "epsilon_start": 0.5, "epsilon_min": 0.5,
                               "save_replay": False, "replay_size": 20_000, "actor": "process", **extra})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
-    if not trainer.remote_target:  # the capability: a worker process on the CPU
+    if not (trainer.target_pass is not None):  # the capability: a worker process on the CPU
         trainer.vec.close()
         raise SystemExit("the worker's target pass needs the actor process on the CPU (no worker started here)")
     modes = (True, False, None)  # the worker's pass, the trainer's, the automatic choice
@@ -47,15 +47,15 @@ def measure(arch: str, window: int, rounds: int, tmp: Path, extra: dict) -> dict
     original = (bout.Progress.update, actors.ProcessActor.collect, actors.ProcessActor.target_q)
 
     def progress(self, t, sps, deadline):
-        if t.global_step >= WARMUP:
-            mode = modes[(t.global_step - WARMUP) // window % 3]
+        if t.state.global_step >= WARMUP:
+            mode = modes[(t.state.global_step - WARMUP) // window % 3]
             if "mode" not in window_start or window_start["mode"] is not mode:
                 now = time.perf_counter()
                 if window_start and len(rates[window_start["mode"]]) < rounds:
-                    rates[window_start["mode"]].append((t.global_step - window_start["step"]) /
+                    rates[window_start["mode"]].append((t.state.global_step - window_start["step"]) /
                                                        (now - window_start["time"]))
-                window_start.update(mode=mode, time=now, step=t.global_step)
-                t.target_split.force = mode
+                window_start.update(mode=mode, time=now, step=t.state.global_step)
+                t.target_pass.split.force = mode
         return original[0](self, t, sps, deadline)
 
     def timed(i):

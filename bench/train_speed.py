@@ -52,9 +52,9 @@ def measure(arch: str, steps: int, warmup: int, tmp: Path, extra: dict | None = 
     original = bout.Progress.update
 
     def update(self, t, sps, deadline):
-        if t.global_step >= warmup and "start" not in marks:
-            marks["start"] = (time.perf_counter(), t.global_step)
-        marks["end"] = (time.perf_counter(), t.global_step)
+        if t.state.global_step >= warmup and "start" not in marks:
+            marks["start"] = (time.perf_counter(), t.state.global_step)
+        marks["end"] = (time.perf_counter(), t.state.global_step)
         return original(self, t, sps, deadline)
 
     bout.Progress.update = update

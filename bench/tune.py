@@ -135,8 +135,8 @@ def run_variant(name: str, steps: int, episodes: int, runs_dir: Path, keep: Path
     start = time.perf_counter()
     trainer.run()
     train_s = time.perf_counter() - start
-    if trainer.global_step < steps:  # SIGTERM/Ctrl-C stop the bout: the sweep stops, nothing half-trained recorded
-        raise SystemExit(f"tune: variant {name} stopped at {trainer.global_step} of {steps} agent steps; not recorded")
+    if trainer.state.global_step < steps:  # SIGTERM/Ctrl-C stop the bout: the sweep stops, nothing half-trained recorded
+        raise SystemExit(f"tune: variant {name} stopped at {trainer.state.global_step} of {steps} agent steps; not recorded")
     with open(cfg.run_dir() / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     if keep is not None:  # the training curve outlives the temporary run folder
@@ -145,8 +145,8 @@ def run_variant(name: str, steps: int, episodes: int, runs_dir: Path, keep: Path
     last = [float(r["return"]) for r in rows[-50:]]
     agent = evaluate.Agent(name, cfg, lambda env: trainer.greedy)
     ev = evaluate.evaluate_agent(agent, episodes, seed=100, lenient=False)
-    return {"variant": name, "change": label, "overrides": overrides, "steps": trainer.global_step,
-            "episodes_trained": trainer.episode, "train_s": round(train_s), "train_last50": round(float(np.mean(last)), 1),
+    return {"variant": name, "change": label, "overrides": overrides, "steps": trainer.state.global_step,
+            "episodes_trained": trainer.state.episode, "train_s": round(train_s), "train_last50": round(float(np.mean(last)), 1),
             "eval_mean": round(ev["average"], 1), "eval_std": round(ev["std"], 1), "eval_min": round(ev["min"], 1),
             "eval_episodes": episodes, "eval_returns": [round(r, 1) for r in ev["returns"]]}
 

@@ -14,6 +14,7 @@ import torch
 
 import actor as actors
 import checkpoints
+import heldout
 import train
 from config import load_config
 from conftest import REPO, run_dir_of, write_config
@@ -95,7 +96,7 @@ def test_the_worker_takes_no_target_pass_beside_a_trainer_with_several_threads(t
             cfg = load_config(tiny(tmp_path, name=f"threads{n}", actor="process"))
             t = train.Trainer(cfg, cfg.run_dir(), new_run=True)
             try:
-                assert t.actor.kind == "process" and torch.get_num_threads() == n and t.remote_target is remote
+                assert t.actor.kind == "process" and torch.get_num_threads() == n and (t.target_pass is not None) is remote
             finally:
                 t.vec.close()
                 t.metrics.close()
@@ -110,13 +111,14 @@ def _compare_target_passes(tmp_path, image):
             cfg = load_config(tiny(tmp_path, name=f"img-{arch}-{mode}", architecture=arch, actor=mode, **image,
                                    **extra))
             t = train.Trainer(cfg, cfg.run_dir(), new_run=True)
-            assert t.actor.kind == mode and t.remote_target == (mode == "process")
-            t.target_split.force = True  # every update's pass in the worker (tiny updates would keep it home)
+            assert t.actor.kind == mode and (t.target_pass is not None) == (mode == "process")
+            if mode == "process":  # every update's pass in the worker (tiny updates would keep it home)
+                t.target_pass.split.force = True
             assert t.run() == 0
-            assert t.updates > 20 and t.target_version > 3
+            assert t.state.updates > 20
             if mode == "process":  # the worker was asked, and followed the target's changes
-                assert t.actor.target_version >= 2
-            final[mode] = {k: v.clone() for k, v in t.q_network.state_dict().items()}, t.target_network.state_dict()
+                assert t.target_pass.version > 3 and t.actor.target_version >= 2
+            final[mode] = {k: v.clone() for k, v in t.learner.q_network.state_dict().items()}, t.learner.target_network.state_dict()
         for a, b in zip(final["process"], final["inline"]):
             assert same_weights(a, b)
 
@@ -221,7 +223,7 @@ def test_a_plan_draws_what_act_draws(tmp_path):
     t = train.Trainer(cfg, tmp_path / "plan", new_run=True)
     try:
         for epsilon in (1.0, 0.3, 0.0):
-            t.epsilon = epsilon
+            t.state.epsilon = epsilon
             t.rng = np.random.default_rng(5)
             acted = [t.act(t.obs) for _ in range(3)]
             planner = np.random.default_rng(5)
@@ -266,15 +268,15 @@ def test_the_actor_plays_half_the_held_out_episodes_and_they_are_the_trainers_ow
             t = train.Trainer(cfg, run_dir_of(first), new_run=False)
             try:
                 assert t.actor.kind == mode
-                alone = envs.evaluation_returns(cfg, t.greedy, [train.EVAL_SEED + i for i in range(5)])
+                alone = envs.evaluation_returns(cfg, t.greedy, [heldout.EVAL_SEED + i for i in range(5)])
                 assert len(set(alone)) > 1  # the tracks differ, so an order mix-up would show
-                assert train.held_out_returns(t, 5) == alone
-                assert train.held_out_returns(t, 1) == alone[:1]  # one episode: the trainer's alone
+                assert heldout.returns(t.cfg, t.greedy, 5, t.actor) == alone
+                assert heldout.returns(t.cfg, t.greedy, 1, t.actor) == alone[:1]  # one episode: the trainer's alone
                 with torch.no_grad():  # the actor takes the weights of the moment
-                    for p in t.q_network.parameters():
+                    for p in t.learner.q_network.parameters():
                         p.mul_(-1.5)
-                changed = envs.evaluation_returns(cfg, t.greedy, [train.EVAL_SEED + i for i in range(5)])
-                assert changed != alone and train.held_out_returns(t, 5) == changed
+                changed = envs.evaluation_returns(cfg, t.greedy, [heldout.EVAL_SEED + i for i in range(5)])
+                assert changed != alone and heldout.returns(t.cfg, t.greedy, 5, t.actor) == changed
             finally:
                 t.vec.close()
                 t.metrics.close()

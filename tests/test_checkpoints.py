@@ -1,7 +1,12 @@
 """Incremental replay checkpoints: the frames saved as append-only segments restore exactly what the
 full replay held; a checkpoint writes only new frames; crashes and damage fall back with a warning."""
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 import checkpoints
 import contract
@@ -144,3 +149,21 @@ def test_no_checkpoint_with_its_segments_whole_resumes_the_newest_with_an_empty_
     assert f"resumed checkpoint={newest}" in out and "replay not restored (the checkpoint's replay segment" in out
     assert contract.read_status(run_dir_of(more))["global_step"] == 350
     assert any((ckpt_dir / "replay").iterdir())  # the new checkpoints saved their replay again
+
+
+@pytest.mark.parametrize("arch", ["ann", "snn"])
+def test_a_checkpoint_of_the_previous_code_resumes_to_the_same_weights(tmp_path, arch):
+    """tests/data/checkpoint_v1: a run stopped at agent step 150 by the code before the trainer's state moved
+    into one object (commit 2445821), and the online network that code reached at 300 when resumed. Today's
+    trainer resumes the same folder and must reach the same weights, bit for bit (ANN with n-step returns and
+    prioritized replay; hybrid SNN)."""
+    data = Path(__file__).parent / "data" / "checkpoint_v1" / arch
+    runs = tmp_path / "runs"
+    shutil.copytree(data, runs / "old", ignore=shutil.ignore_patterns("final-300.pt", "resume.json"))
+    cfg = {**json.loads((data / "resume.json").read_text()), "runs_dir": str(runs)}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert train.main(["--config", str(tmp_path / "cfg.json")]) == 0
+    _, ckpt = checkpoints.load_newest(runs / "old" / "checkpoints")
+    then = torch.load(data / "final-300.pt", weights_only=True)
+    assert ckpt["counters"]["global_step"] == then["counters"]["global_step"] == 300
+    assert all(torch.equal(ckpt["q_network"][k], then["q_network"][k]) for k in then["q_network"])

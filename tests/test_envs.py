@@ -331,7 +331,7 @@ def test_same_seed_same_episode():
 
 
 def test_lenient_termination_truncates_idle_episodes():
-    cfg = load_config({"lenient_termination": 5})
+    cfg = load_config({"lenient_termination": 5, "skip_penalty": 0})  # the lenient wrapper outermost
     env = envs.make_env(cfg)
     env.reset(seed=0)
     for i in range(100):
@@ -345,10 +345,18 @@ def test_lenient_termination_truncates_idle_episodes():
     assert env.idle == 0
 
 
-def test_lenient_termination_on_by_default_and_off_with_0():
-    assert isinstance(envs.make_env(load_config()), envs.LenientTermination)
-    env = envs.make_env(load_config({"lenient_termination": 0}))
-    assert not isinstance(env, envs.LenientTermination)
+def wrapper_types(env) -> list:
+    found = []
+    while isinstance(env, gym.Wrapper):
+        found.append(type(env))
+        env = env.env
+    return found
+
+
+def test_the_training_aids_are_on_by_default_and_off_with_0():
+    assert {envs.LenientTermination, envs.SkipPenalty} <= set(wrapper_types(envs.make_env(load_config())))
+    env = envs.make_env(load_config({"lenient_termination": 0, "skip_penalty": 0}))
+    assert not {envs.LenientTermination, envs.SkipPenalty} & set(wrapper_types(env))
 
 
 @pytest.mark.parametrize("env_id,shape", [("CartPole-v1", (4,)), ("LunarLander-v3", (8,))])
@@ -405,7 +413,7 @@ def test_rendering_survives_pygame_quit_from_another_env():
 
 def test_skip_penalty_charges_the_tiles_a_cut_jumps_over():
     env = envs.make_env(load_config({"skip_penalty": 2.0, "lenient_termination": 0}))
-    twin = envs.make_env(load_config({"lenient_termination": 0}))  # the same drive without the penalty
+    twin = envs.make_env(load_config({"lenient_termination": 0, "skip_penalty": 0}))  # the same drive, no penalty
     assert isinstance(env, envs.SkipPenalty) and not isinstance(twin, envs.SkipPenalty)
 
     def step(*tiles):

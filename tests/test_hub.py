@@ -342,7 +342,7 @@ def test_a_published_agent_starts_or_teaches_a_new_run(server, tmp_path, capsys,
     published = torch.load(io.BytesIO(server.repos["tester/cartpole-agent"].files["agent.pt"]), weights_only=True)
     keys = dict(upload_to_cloud=False, init_weights="hf://tester/cartpole-agent", teacher="hf://tester/cartpole-agent")
     t = train.Trainer(load_config(config(tmp_path, name="from-hub", **keys)), tmp_path / "from-hub", new_run=True)
-    for net in (t.q_network, t.target_network, t.teacher):
+    for net in (t.learner.q_network, t.learner.target_network, t.learner.teacher):
         assert all(torch.equal(v, published["q_network"][k]) for k, v in net.state_dict().items())
     t.vec.close()
     t.metrics.close()

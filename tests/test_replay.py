@@ -162,8 +162,8 @@ def test_n_step_returns_equal_a_walk_along_each_episode(n):
         assert r_got == pytest.approx(ret, rel=1e-5, abs=1e-5)
         assert d_got == pytest.approx(gamma ** m) and bool(done_got) == terminated
         assert replay.frames[last_got, 0, 0, 0] == streams[e][w + m][0]
-    batch = replay.sample(16, np.random.default_rng(0), n_step=n, gamma=gamma)
-    if n == 1:
-        assert batch.discounts is None  # the plain 1-step path, unchanged
-    else:
-        assert batch.discounts.shape == (16,) and (batch.discounts <= gamma + 1e-6).all()
+    batch = replay.sample(16, np.random.default_rng(0), n_step=n, gamma=gamma, reward_clip=clip)
+    assert batch.discounts.shape == (16,) and (batch.discounts <= gamma + 1e-6).all()
+    if n == 1:  # one reward, clipped, discounted by gamma
+        assert (batch.discounts == np.float32(gamma)).all()
+        assert np.array_equal(batch.rewards, np.clip(replay.rewards[batch.indices], -clip, clip))

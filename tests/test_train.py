@@ -15,6 +15,7 @@ import bout
 import agents
 import checkpoints
 import contract
+import learner
 import models
 import train
 import utils
@@ -82,13 +83,13 @@ def test_fused_adam_steps_like_plain_adam(tmp_path):
     the same network and the same gradients of real Q-network losses: equal up to float rounding."""
     cfg = load_config(tiny(tmp_path, name="adam", architecture="snn"))
     t = train.Trainer(cfg, tmp_path / "adam", new_run=True)
-    assert bool(t.optimizer.param_groups[0]["fused"]) == CPU_FUSED_ADAM
+    assert bool(t.learner.optimizer.param_groups[0]["fused"]) == CPU_FUSED_ADAM
     if not CPU_FUSED_ADAM:
         t.vec.close()
         t.metrics.close()
         pytest.skip(f"torch {torch.__version__} has no fused Adam for the CPU: make_adam gave plain Adam")
     plain_net = models.build_q_network(cfg, t.obs_shape, t.n_actions)
-    plain_net.load_state_dict(t.q_network.state_dict())
+    plain_net.load_state_dict(t.learner.q_network.state_dict())
     plain = torch.optim.Adam(plain_net.parameters(), lr=cfg.learning_rate)
     assert not plain.param_groups[0]["fused"]  # two kernels, not one (their rounding may or may not differ)
     start = {k: v.clone() for k, v in plain_net.state_dict().items()}
@@ -96,11 +97,11 @@ def test_fused_adam_steps_like_plain_adam(tmp_path):
     for _ in range(30):
         obs = torch.randn((32, *t.obs_shape), generator=g)
         target = 10 * torch.randn((32, t.n_actions), generator=g)
-        for net, opt in ((t.q_network, t.optimizer), (plain_net, plain)):
+        for net, opt in ((t.learner.q_network, t.learner.optimizer), (plain_net, plain)):
             opt.zero_grad()
             torch.nn.functional.smooth_l1_loss(net(obs), target).backward()
             opt.step()
-    fused_w, plain_w = t.q_network.state_dict(), plain_net.state_dict()
+    fused_w, plain_w = t.learner.q_network.state_dict(), plain_net.state_dict()
     assert any(not torch.equal(plain_w[k], start[k]) for k in plain_w)  # the steps moved the weights
     for k in fused_w:
         assert torch.allclose(fused_w[k], plain_w[k], rtol=1e-5, atol=1e-6), k
@@ -112,20 +113,20 @@ def test_a_checkpoint_of_plain_adam_resumes_with_the_fused_kernel(tmp_path, monk
     """Checkpoints written before Adam was fused (or on a torch without the kernel) resume into this
     trainer's fused Adam, moments and step counts carried over, a changed learning rate applied."""
     with monkeypatch.context() as m:
-        m.setattr(train, "make_adam", lambda params, lr: torch.optim.Adam(params, lr=lr))
+        m.setattr(learner, "make_adam", lambda params, lr: torch.optim.Adam(params, lr=lr))
         first = tiny(tmp_path, name="older", total_steps=150)
         assert train.main(["--config", str(first), "--new-run"]) == 0
     saved = final_weights(first)
     assert saved["optimizer"]["param_groups"][0]["fused"] is None
     cfg = load_config(tiny(tmp_path, name="older", total_steps=300, learning_rate=5e-4))
     t = train.Trainer(cfg, run_dir(first), new_run=False)
-    group = t.optimizer.param_groups[0]
+    group = t.learner.optimizer.param_groups[0]
     assert bool(group["fused"]) == CPU_FUSED_ADAM and group["lr"] == 5e-4
-    for p in t.q_network.parameters():
-        state = t.optimizer.state[p]
+    for p in t.learner.q_network.parameters():
+        state = t.learner.optimizer.state[p]
         assert state["step"].dtype == torch.float32 and state["step"].device == p.device
         assert int(state["step"]) == saved["counters"]["updates"]
-    assert torch.equal(t.optimizer.state[next(t.q_network.parameters())]["exp_avg"],
+    assert torch.equal(t.learner.optimizer.state[next(t.learner.q_network.parameters())]["exp_avg"],
                        saved["optimizer"]["state"][0]["exp_avg"])
     t.vec.close()
     t.metrics.close()
@@ -167,14 +168,14 @@ def test_shape_change_on_resume_is_a_config_error(tmp_path, capsys):
 
 
 def test_a_key_the_checkpoint_predates_is_listed_when_it_changes_behaviour(tmp_path, capsys, monkeypatch):
-    capture = checkpoints.capture
+    capture = train.Trainer.state_dict
 
     def before_the_key(t, snapshot):  # a checkpoint written before conv_precision existed
         ckpt = capture(t, snapshot)
         ckpt["config"].pop("conv_precision")
         return ckpt
 
-    monkeypatch.setattr(checkpoints, "capture", before_the_key)
+    monkeypatch.setattr(train.Trainer, "state_dict", before_the_key)
     cfg = tiny(tmp_path, total_steps=100)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     monkeypatch.undo()
@@ -466,7 +467,7 @@ def test_an_annealed_teacher_leaves_the_plain_update(tmp_path):
                                        teacher_steps=100)), tmp_path / "sched", new_run=True)
     weights = []
     for step in (0, 50, 100, 150):
-        t.global_step = step
+        t.state.global_step = step
         weights.append(t.teacher_weight())
     assert weights == [2.0, 1.0, 0.0, 0.0]
     t.cfg = t.cfg.replace(teacher_steps=0)
@@ -590,17 +591,17 @@ def test_skipped_tiles_are_logged_per_episode(tmp_path):
     t = train.Trainer(cfg, cfg.run_dir(REPO), new_run=True)
     touch_tiles(t.vec.envs[0], *range(2, 11), 14)  # a corner cut: 11-13 jumped over
     t.step(0.0)
-    assert t.episode_skipped[0] == 3
+    assert t.state.episode_skipped[0] == 3
     for _ in range(300):  # lenient termination (3 steps without progress) ends the episode soon
-        if t.episode:
+        if t.state.episode:
             break
         t.step(0.0)
     t.metrics.close()
     t.vec.close()
-    assert t.episode == 1
+    assert t.state.episode == 1
     with open(cfg.run_dir(REPO) / "metrics.csv") as f:
         first = next(csv.DictReader(f))
-    assert int(first["skipped_tiles"]) >= 3 and t.episode_skipped[0] == 0
+    assert int(first["skipped_tiles"]) >= 3 and t.state.episode_skipped[0] == 0
 
 
 def test_metrics_without_the_skip_penalty_leave_the_column_empty(tmp_path):
@@ -621,3 +622,26 @@ def test_epsilon_and_learning_rate_follow_their_step_schedules(tmp_path):
     assert ckpt["counters"]["epsilon"] == pytest.approx(0.1)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert train.linear(1e-3, 1e-4, 100, 200) == pytest.approx(5.5e-4)
+
+
+def test_status_json_follows_the_run_at_every_checkpoint(tmp_path, monkeypatch):
+    import runfolder
+
+    seen = []
+    save = runfolder.RunFolder.save
+
+    def spy(self, state, *args, **kw):
+        path = save(self, state, *args, **kw)
+        seen.append((state["counters"]["global_step"], contract.read_status(self.run_dir)))
+        return path
+
+    monkeypatch.setattr(runfolder.RunFolder, "save", spy)
+    cfg = tiny(tmp_path, total_steps=300, checkpoint_every=3, eval_every=6, eval_episodes=1)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    assert len(seen) >= 4
+    for step, status in seen:
+        assert status["global_step"] == step and status["frames"] == step  # CartPole: frame_skip 1
+        assert status["reason"] == "training" and status["finished"] is False and status["updated"]
+    assert any(status["last_eval"] is not None and status["best_eval"] is not None for _, status in seen)
+    final = contract.read_status(run_dir(cfg))
+    assert final["finished"] is True and final["global_step"] == 300 and final["episode"] == seen[-1][1]["episode"]

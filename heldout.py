@@ -1,0 +1,82 @@
+"""The in-run greedy evaluation on held-out tracks, the run's `best.pt`, and the GIFs of `record_every`.
+
+Held-out tracks are the seeds EVAL_SEED, EVAL_SEED+1, ... — never the evaluation table's 0-49 — played as
+full greedy episodes without the training aids (lenient termination, skip penalty).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import checkpoints
+import envs
+from utils import kv_line
+
+EVAL_SEED = 10_000
+
+
+def returns(cfg, greedy: Callable, episodes: int, actor=None) -> list[float]:
+    """Returns of `episodes` full greedy episodes on the held-out tracks, in seed order. With an actor, the
+    actor plays the second half of the tracks with the current weights while this process plays the first
+    (in a worker process: at the same time, on the core the actor's blocks use) — the same episodes, in
+    half the time."""
+    seeds = [EVAL_SEED + i for i in range(episodes)]
+    split = (episodes + 1) // 2 if actor is not None else episodes
+    theirs = seeds[split:]
+    if theirs:
+        actor.start_evaluation(theirs)
+    try:
+        mine = envs.evaluation_returns(cfg, greedy, seeds[:split])
+    finally:
+        their_returns = actor.finish_evaluation() if theirs else []
+    return mine + their_returns
+
+
+def evaluate(cfg, greedy: Callable, actor, state, run_dir: Path, weights: Callable[[], dict],
+             log: Callable[[str], None]) -> float:
+    """One held-out evaluation of `greedy` (`eval_episodes` tracks) into `state` (last_eval, best_eval); a
+    new best mean writes best.pt (the weights-only file `weights()`, with how it was scored). Returns the
+    mean, rounded for metrics.csv."""
+    episodes = cfg.eval_episodes
+    scores = returns(cfg, greedy, episodes, actor)
+    state.last_eval = float(np.mean(scores))
+    if state.best_eval is None or state.last_eval > state.best_eval:
+        state.best_eval = state.last_eval
+        checkpoints.write_best(run_dir / checkpoints.BEST_NAME, weights(),
+                               {"mean": state.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"})
+    log(kv_line("eval", episode=state.episode, global_step=state.global_step, episodes=episodes,
+                mean=round(state.last_eval, 2), min=round(min(scores), 2), max=round(max(scores), 2),
+                best=round(state.best_eval, 2)))
+    return round(state.last_eval, 4)
+
+
+def rebase_best(run_dir: Path, best_eval: float | None, episodes: int, log: Callable[[str], None]) -> float | None:
+    """The best held-out mean to beat on resume: a best.pt scored with another `eval_episodes` is not
+    comparable, so it goes to the archive and the next evaluation sets the bar anew (None)."""
+    path = run_dir / checkpoints.BEST_NAME
+    if best_eval is None or not path.is_file():
+        return best_eval
+    try:
+        scored = (checkpoints.read(path).get("evaluation") or {}).get("episodes")
+    except Exception:
+        scored = None
+    if scored == episodes:
+        return best_eval
+    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(dest / path.name))
+    log(f"note: {path.name} was scored over {scored} episodes, eval_episodes is now {episodes}; it was moved to "
+        f"{dest} and the next evaluation sets the best anew")
+    return None
+
+
+def record_gif(cfg, greedy: Callable, run_dir: Path, episode: int, log: Callable[[str], None]) -> Path:
+    """A GIF of one greedy full episode on the first held-out track into the run's videos/ (record_every)."""
+    gif = run_dir / "videos" / f"episode_{episode:06d}.gif"
+    ret, _ = envs.record_gif(cfg.for_evaluation(), lambda env: greedy, gif, seed=EVAL_SEED)
+    log(kv_line("recorded", path=f"videos/{gif.name}", greedy_return=round(ret, 2)))
+    return gif
