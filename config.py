@@ -1,7 +1,5 @@
 """The config schema: every `conf.json` key, its default, type, range and meaning; loading with one-line errors.
-
-Also the `.env` reader (python-dotenv's rules; its own parser where python-dotenv is not installed)
-and the rule that `upload_to_cloud` needs the Hub keys of `.env`.
+(`.env` is envfile.py.)
 
 Standard library only: `run.py` validates a config with it before any requirement is installed. The
 defaults are the values of `conf.json.example` (a test checks it). Keys marked `shape=True` change the
@@ -18,7 +16,6 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote
 
 class ConfigError(ValueError):
     """Bad configuration. The message is the one line a user sees."""
@@ -54,7 +51,7 @@ def _keys() -> list[Key]:
         K("learning_rate", 1e-4, "float", "Adam learning rate.", low=0, low_open=True, high=1),
         K("decay", 0.99, "float", "Multiplicative ε decay applied after every episode, down to `epsilon_min`.", low=0, low_open=True, high=1),
         K("batch", 64, "int", "Minibatch size of each update.", low=1, high=65536),
-        K("gamma", 0.99, "float", "Discount factor.", low=0, high=1),
+        K("gamma", 0.99, "float", "Discount factor (0.995 lost at 40k agent steps: docs/tuning.md#gamma).", low=0, high=1),
         K("extra_info", "", "str", "Tag appended to the run name (`<name>-<extra_info>`); empty for none.",
           pattern=r"[A-Za-z0-9._-]{0,100}"),
         K("max_run_time", 12600, "float", "Seconds one `train.py` bout may run before it checkpoints and exits.", low=1),
@@ -70,8 +67,8 @@ def _keys() -> list[Key]:
         # ---- fixed new keys
         K("env_id", "CarRacing-v3", "str", "Gymnasium environment id (discrete action space).", shape=True),
         K("seed", 0, "int", "Seed of tracks, exploration and network initialisation.", low=0, high=2**31 - 1),
-        K("total_steps", 750_000, "int", "Agent-step budget of the whole run (750k agent steps = 3M frames at "
-          "`frame_skip` 4); 0 = none.", low=0),
+        K("total_steps", 750_000, "int", "Agent-step budget of the whole run; 0 = none. The default, 750k agent steps, is 3M frames at "
+          "`frame_skip` 4: the budget the recipe is built for (docs/results.md#from-scratch).", low=0),
         K("max_episodes", 0, "int", "Episode budget of the whole run; 0 = none.", low=0),
         K("replay_size", 100_000, "int", "Transitions kept in the replay buffer.", low=1),
         K("learning_starts", 5_000, "int", "Agent steps of pure exploration before the first update.", low=0),
@@ -84,30 +81,37 @@ def _keys() -> list[Key]:
         K("snn_mode", "hybrid", "str", "`hybrid`: ANN conv encoder + spiking FC layers; `full`: every layer spiking.",
           choices=("hybrid", "full"), shape=True),
         # ---- keys named by this project
-        K("train_every", 4, "int", "Agent steps between updates (8 halves the updates and nearly doubles the loop's speed, "
-          "but learned less per wall-clock second in runs of 100k-230k agent steps, docs/tuning.md).", low=1),
-        K("target_update_every", 1000, "int", "Agent steps between target-network updates.", low=1),
-        K("target_tau", 1.0, "float", "Target update weight: 1 copies the online network, < 1 is a soft (Polyak) update.",
+        K("train_every", 4, "int", "Agent steps between updates (8 halves the updates and nearly doubles the loop's speed, but learned less "
+          "per wall-clock second: docs/tuning.md#train_every).", low=1),
+        K("target_update_every", 1000, "int", "Agent steps between target-network updates (docs/tuning.md#target_update_every-target_tau).", low=1),
+        K("target_tau", 1.0, "float", "Target update weight: 1 copies the online network, < 1 is a soft (Polyak) update "
+          "(docs/tuning.md#target_update_every-target_tau).",
           low=0, low_open=True, high=1),
         K("epsilon_start", 1.0, "float", "ε at the start of the run.", low=0, high=1),
         K("epsilon_min", 0.05, "float", "Floor of ε.", low=0, high=1),
-        K("epsilon_decay_steps", 50_000, "int", "Agent steps over which ε falls linearly from `epsilon_start` to "
-          "`epsilon_min` (by agent steps: episode lengths vary with lenient termination); 0 = the per-episode "
-          "`decay` instead.", low=0),
-        K("learning_rate_final", 2.5e-5, "float", "Learning rate reached after `learning_rate_decay_steps` (linear "
-          "from `learning_rate`, then held).", low=0, low_open=True, high=1),
-        K("learning_rate_decay_steps", 750_000, "int", "Agent steps over which the learning rate falls linearly "
-          "from `learning_rate` to `learning_rate_final`; 0 = `learning_rate` throughout.", low=0),
+        K("epsilon_decay_steps", 50_000, "int", "Agent steps over which ε falls linearly from `epsilon_start` to `epsilon_min` (by agent steps: episode "
+          "lengths vary with lenient termination); 0 = the per-episode `decay` instead. A run trained before the "
+          "key keeps `decay` on resume.", low=0),
+        K("learning_rate_final", 2.5e-5, "float", "Learning rate reached after `learning_rate_decay_steps` (linear from `learning_rate`, then held).", low=0, low_open=True, high=1),
+        K("learning_rate_decay_steps", 750_000, "int", "Agent steps over which the learning rate falls linearly from `learning_rate` to `learning_rate_final` "
+          "(the shipped agents were fine-tuned at half the first rate); 0 = `learning_rate` throughout. A run "
+          "trained before the key keeps a fixed rate on resume.", low=0),
         K("grad_clip", 10.0, "float", "Max gradient norm per update; 0 = no clipping.", low=0),
-        K("obs_size", 84, "int", "Side of the square observation after resizing (image environments).", low=8, high=512, shape=True),
+        K("obs_size", 84, "int", "Side of the square observation after resizing (image environments; 64 runs the loop faster but"
+          " its greedy policies were less reliable: docs/tuning.md#obs_size).", low=8, high=512, shape=True),
         K("obs_grayscale", True, "bool", "Convert image observations to grayscale.", shape=True),
         K("obs_crop", [0, 12, 0, 0], "int_list", "Pixels cut off the raw frame [top, bottom, left, right] before resizing "
           "(CarRacing's bottom 12 rows are the HUD).", length=4, shape=True),
-        K("lenient_termination", 25, "int", "End an episode after this many consecutive agent steps without reward progress; "
-          "0 = off.", low=0),
-        K("skip_penalty", 10.0, "float", "Reward subtracted for every CarRacing track tile the car passes without "
-          "touching it (a corner cut: the lap can no longer end early); 0 = off.", low=0),
-        K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree)."),
+        K("lenient_termination", 25, "int", "End an episode after this many consecutive agent steps without reward progress; 0 = off. A training aid "
+          "only: evaluations always play full episodes (`evaluate.py --lenient` keeps the aids); the clearest win "
+          "of the tuning sweep (docs/tuning.md#lenient_termination).", low=0),
+        K("skip_penalty", 10.0, "float", "CarRacing only (other environments default to 0), a training aid: reward subtracted for every track tile"
+          " the car passes without touching it. Only a lap with every tile ends early, so one cut corner costs the "
+          "tile and the rest of the 1000 frames (docs/tuning.md#skip_penalty). 0 = off; evaluations never apply it;"
+          " the tiles it charged are `metrics.csv`'s `skipped_tiles`. A run trained before it was on by default "
+          "keeps 0 on resume.", low=0),
+        K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree); no better at 40k or 100k agent steps "
+          "(docs/tuning.md#prioritized_replay)."),
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
         K("per_beta", 0.4, "float", "Initial importance-sampling exponent (annealed to 1 over the run).", low=0, high=1),
         K("reward_clip", 0.0, "float", "Clip rewards to [-reward_clip, reward_clip] for learning; 0 = off.", low=0),
@@ -115,48 +119,53 @@ def _keys() -> list[Key]:
           "added since the previous one (a compressed segment in `checkpoints/replay/`)."),
         K("keep_checkpoints", 3, "int", "Newest checkpoints kept on disk (and on the Hub).", low=1, high=100),
         K("eval_every", 25, "int", "Episodes between greedy evaluations during training; 0 = off.", low=0),
-        K("eval_episodes", 10, "int", "Full greedy episodes per evaluation during training, on held-out tracks "
-          "(seeds 10000+, never the table's 0–49); the best mean so far is kept as `best.pt`.", low=1),
+        K("eval_episodes", 10, "int", "Full greedy episodes (no lenient termination) per evaluation during training, on held-out tracks (seeds "
+          "10000+, never the table's 0-49); with the actor process the worker plays half of them. The best mean so "
+          "far is kept as `runs/<run>/best.pt` (weights + config, the `--export` format); `python evaluate.py --run"
+          " DIR --best` plays it.", low=1),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
-        K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over "
-          "steps (`mean` learns CarRacing best in short training runs, see bench/tune.py).",
+        K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over steps "
+          "(docs/tuning.md#snn_readout-snn_tsteps).",
           choices=("mean", "last", "max")),
         K("snn_surrogate", "atan", "str", "Surrogate gradient of the spike: `atan`, `fast_sigmoid`, `sigmoid`, `triangular`.",
           choices=("atan", "fast_sigmoid", "sigmoid", "triangular")),
-        K("n_step", 1, "int", "Rewards summed before bootstrapping (n-step returns; 1 = plain DDQN): the target is "
-          "r_t + γ r_t+1 + … + γ^m Q(s_t+m) with m ≤ n, cut at the episode's end.", low=1, high=20),
-        K("dueling", False, "bool", "Dueling head: the output layer gives a value V and advantages A, Q = V + A − mean(A) "
-          "(for the SNN on its membrane readout).", shape=True),
-        K("conv_precision", "auto", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, "
-          "`bfloat16` (autocast; the layers after it stay float32; ~1.5x faster updates on CPUs with AVX512-BF16 or "
-          "AMX, on an H200 no faster, docs/benchmarks.md), or `auto`: bfloat16 on a CPU that has it, float32 on "
-          "other CPUs, on CUDA and for a full SNN. Not a shape key: it may change on resume.",
+        K("n_step", 1, "int", "Rewards summed before bootstrapping (n-step returns; 1 = plain DDQN): the target is r_t + γ r_t+1 + … + "
+          "γ^m Q(s_t+m) with m ≤ n, cut at the episode's end (docs/tuning.md#n_step).", low=1, high=20),
+        K("dueling", False, "bool", "Dueling head: the output layer gives a value V and advantages A, Q = V + A − mean(A) (for the SNN on its"
+          " membrane readout; docs/tuning.md#dueling).", shape=True),
+        K("conv_precision", "auto", "str", "Arithmetic of the convolutional encoder (ANN and hybrid SNN): `float32`, `bfloat16` (autocast; the "
+          "layers after it stay float32; faster on CPUs with AVX512-BF16 or AMX, docs/benchmarks.md), or `auto`: "
+          "bfloat16 on a CPU that has it, float32 on other CPUs, on CUDA and for a full SNN (which refuses an "
+          "explicit `bfloat16`). The `start` log line says which. Not a shape key: it may change on resume; an "
+          "agent file plays with its own value (files from before the key: float32).",
           choices=("auto", "float32", "bfloat16")),
-        K("encoder", "nature", "str", "Convolutional encoder of image observations (ANN, hybrid and full SNN): `nature` "
-          "(Nature DQN: 32, 64, 64 channels) or `nips` (the first DQN: 16 and 32 channels, about a third of the "
-          "arithmetic; docs/benchmarks.md).", choices=("nature", "nips"), shape=True),
-        K("actor", "auto", "str", "Who steps the environments: `process` (a worker process with a copy of the network "
-          "steps the next `train_every` agent steps while the learner updates; the policy is one update behind the "
-          "plain loop's; docs/training.md), `inline` (the same blocks in the trainer's process, no overlap), `off` (the "
-          "plain loop: act, step, update) or `auto`: `process` for image observations on the CPU with ≥ 2 cores, "
-          "else `off`.", choices=("auto", "process", "inline", "off")),
-        K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off "
-          "(needs `pip install wandb`; the API key comes from `WANDB_API_KEY` or `wandb login`, never from here).",
+        K("encoder", "nature", "str", "Convolutional encoder of image observations (every architecture): `nature` (Nature DQN: 32, 64, 64 "
+          "channels) or `nips` (the first DQN: 16 and 32 channels, a third of the arithmetic, a faster loop but "
+          "weaker greedy policies: docs/tuning.md#encoder). Files from before the key have `nature`.", choices=("nature", "nips"), shape=True),
+        K("actor", "auto", "str", "Who steps the environments while the learner updates: `process` (a worker process with its own "
+          "environments and a copy of the online network plays the next `train_every` agent steps while the trainer"
+          " runs the update the previous ones paid for: the policy is one update behind the plain loop's; on the "
+          "CPU the worker also runs the target network's pass of that update when it pays and the trainer has one "
+          "torch thread: docs/training.md#the-actor-process), `inline` (the same blocks in the trainer's process; "
+          "the fallback when a worker cannot start), `off` (the plain loop: act, step, update) or `auto`: `process`"
+          " for image observations on the CPU with ≥ 2 cores, else `off`. Runs from before the key count it as "
+          "`off` on resume.", choices=("auto", "process", "inline", "off")),
+        K("wandb_project", "", "str", "Weights & Biases project to mirror the TensorBoard scalars to; empty = off (needs `pip install wandb`; "
+          "the API key comes from `WANDB_API_KEY` or `wandb login`, never from here). One W&B run per toolkit run, "
+          "resumed by every bout.",
           pattern=r"[A-Za-z0-9._-]{0,128}"),
         K("wandb_entity", "", "str", "W&B entity (user or team) of the project; empty = your default entity.",
           pattern=r"[A-Za-z0-9._-]{0,128}"),
         K("wandb_mode", "online", "str", "`online`, `offline` (written under the run folder, `wandb sync` later) or "
           "`disabled`.", choices=("online", "offline", "disabled")),
-        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file, a checkpoint "
-          "or a published agent `hf://owner/name` "
-          "(its online network is copied into both networks; the shape keys must match, but a plain head may "
-          "start a dueling one with the same Q). Empty = random "
-          "initialisation. A resumed run keeps its own weights."),
-        K("teacher", "", "str", "Kickstarting: a trained agent (`pretrained/*.pt` file, checkpoint or `hf://owner/name`, "
-          "any architecture, "
-          "the same environment and observations) whose Q-values this network is also trained to match on every "
-          "replay batch (Huber loss between both networks' Q-values minus their mean over the actions: the gaps between "
-          "actions, not the level; weighted by `teacher_weight`). Empty = off."),
+        K("init_weights", "", "str", "Start a new run from trained weights: a `pretrained/*.pt` file, a checkpoint or a published agent "
+          "`hf://owner/name` (downloaded to the Hugging Face cache, loaded weights-only). Its online network is "
+          "copied into both networks; the shape keys must match, but a plain head may start a dueling one with the "
+          "same Q. Empty = random initialisation. A resumed run keeps its own weights."),
+        K("teacher", "", "str", "Kickstarting: a trained agent (`pretrained/*.pt` file, checkpoint or `hf://owner/name`; any "
+          "architecture, the same observations) whose Q-values this network is also trained to match on every "
+          "replay batch (Huber loss between both networks' Q-values minus their mean over the actions: the gaps "
+          "between actions, not the level; weighted by `teacher_weight`; docs/tuning.md#teacher-kickstarting). Empty = off."),
         K("teacher_weight", 1.0, "float", "Weight of the teacher's loss at agent step 0.", low=0),
         K("teacher_steps", 0, "int", "Agent steps over which `teacher_weight` falls linearly to 0 (then the teacher is "
           "no longer run); 0 = the weight stays.", low=0),
@@ -436,147 +445,32 @@ def parse_json(text: str, origin: str = "JSON") -> Any:
         raise ConfigError(f"{origin} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
-# --------------------------------------------------------------------------- .env
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
+# --------------------------------------------------------------------------- the generated reference
+REFERENCE = "docs/config.md"
 
 
-def parse_env_text(text: str) -> dict[str, str]:
-    """Parse .env text with python-dotenv's rules for quotes and comments.
+def reference_markdown() -> str:
+    """The config reference page (docs/config.md): every key, its default and its text, from SCHEMA."""
+    def linked(doc: str) -> str:  # docs/x.md#y in a key's text: a link relative to docs/
+        return re.sub(r"docs/([\w.-]+\.md(?:#[\w-]+)?)", r"[\1](\1)", doc)
 
-    `KEY=value  # comment`, `KEY="quoted # not a comment"`, `KEY='single'`, `export KEY=v`;
-    double quotes understand backslash escapes and may span lines; a `#` starts a comment
-    only at the start of a line or after whitespace in an unquoted value.
-    """
-    values: dict[str, str] = {}
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        m = _ENV_LINE.match(lines[i])
-        i += 1
-        if not m:
-            continue
-        key, rest = m.group(1), m.group(2)
-        if rest[:1] in ("'", '"'):
-            quote = rest[0]
-            body = rest[1:]
-            # a double-quoted value may continue over several lines
-            while _closing_quote(body, quote) < 0 and i < len(lines):
-                body += "\n" + lines[i]
-                i += 1
-            end = _closing_quote(body, quote)
-            value = body[:end] if end >= 0 else body
-            if quote == '"':
-                value = re.sub(r'\\([\\"\'nrt])', lambda mm: {"n": "\n", "r": "\r", "t": "\t"}.get(mm.group(1), mm.group(1)), value)
-        else:
-            value = re.split(r"\s+#", rest, maxsplit=1)[0].strip()
-            if value.startswith("#"):
-                value = ""
-        values[key] = value
-    return values
+    rows = "".join(f"| `{k.name}` | `{json.dumps(k.default)}` | {linked(k.doc)}{' (shape key)' if k.shape else ''} |\n"
+                   for k in SCHEMA.values())
+    return f"""# Config keys (`conf.json`)
+
+Generated from `config.SCHEMA` by `python config.py --reference`; do not edit by hand. Every key, its default (as
+in `conf.json.example`) and its meaning. Unknown keys are rejected with a did-you-mean suggestion; wrong types,
+out-of-range values and contradictory combinations (`epsilon_min` > `epsilon_start`, `batch` > `replay_size`,
+`upload_to_cloud` and `local_backup` both false) are rejected naming the key. A shape key changes the network's
+parameter shapes: a resume or `init_weights` with another value is refused. Back to the [README](../README.md).
+
+| key | default | meaning |
+| --- | --- | --- |
+{rows}"""
 
 
-def _closing_quote(body: str, quote: str) -> int:
-    i = 0
-    while i < len(body):
-        if body[i] == "\\" and quote == '"':
-            i += 2
-            continue
-        if body[i] == quote:
-            return i
-        i += 1
-    return -1
-
-
-def load_env(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    try:
-        from dotenv import dotenv_values  # type: ignore
-    except ImportError:
-        return parse_env_text(path.read_text(encoding="utf-8"))
-    return {k: (v or "") for k, v in dotenv_values(path).items()}
-
-
-# --------------------------------------------------------------------------- .env values
-SYNC_TIMEOUT_DEFAULT = 20.0  # seconds a remote may take before the sync is abandoned (.env code_sync_timeout)
-GIT_CRED_ENV = ("SNNDQN_GIT_USERNAME", "SNNDQN_GIT_PASSWORD")  # read by run.py's askpass helper only
-
-
-def redact_url(url: str) -> str:
-    """Drop credentials from a URL so it can be printed."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
-
-
-def resolve_remote(link: str, base: Path) -> str:
-    """code_base_link: `owner/repo` -> its GitHub URL; a URL stays as it is; anything else is a local path."""
-    link = link.strip()
-    if re.match(r"^[a-z][a-z0-9+.-]*://", link) or re.match(r"^[\w.-]+@[\w.-]+:", link):
-        return link
-    candidate = Path(link).expanduser()
-    if not candidate.is_absolute():
-        candidate = base / candidate
-    if not candidate.exists() and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", link):
-        name = link[:-4] if link.endswith(".git") else link
-        return f"https://github.com/{name}.git"
-    return str(candidate.resolve())
-
-
-def split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """`https://user:token@host/repo` -> (`https://host/repo`, the askpass helper's environment)."""
-    m = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@\s]+)@(.*)$", url)
-    if not m:
-        return url, {}
-    user, _, password = m.group(2).partition(":")
-    return m.group(1) + m.group(3), {GIT_CRED_ENV[0]: unquote(user), GIT_CRED_ENV[1]: unquote(password)}
-
-
-def sync_timeout(env: Mapping[str, str]) -> float:
-    """code_sync_timeout: seconds a remote may take before the sync is abandoned (default 20)."""
-    value = env.get("code_sync_timeout", "").strip()
-    if not value:
-        return SYNC_TIMEOUT_DEFAULT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"code_sync_timeout in .env must be a number of seconds > 0, got {value!r}")
-    return seconds
-
-
-def training_interpreter(env: Mapping[str, str], root: Path) -> str:
-    """python_venv_path: the interpreter (or venv folder) that runs train.py; default the current one."""
-    value = env.get("python_venv_path", "").strip()
-    if not value:
-        return sys.executable
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = Path(root) / path
-    if path.is_dir():
-        for cand in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "bin" / "python3"):
-            if cand.is_file():
-                return str(cand)
-        raise ConfigError(f"python_venv_path in .env: {value} is a folder without bin/python; point it at a venv or an interpreter")
-    if not path.is_file():
-        raise ConfigError(f"python_venv_path in .env: {value} does not exist; point it at a venv or a Python interpreter, or remove it")
-    return str(path)
-
-
-# --------------------------------------------------------------------------- Hub settings
-HUB_ENV_KEYS = ("session_name", "huggingface_read", "huggingface_write", "repo_ID")
-
-
-def check_upload_settings(cfg, env: Mapping[str, str]) -> None:
-    """`upload_to_cloud` needs repo_ID, a write token and a session name: a config error otherwise."""
-    if not cfg.upload_to_cloud:
-        return
-    missing = [k for k in ("repo_ID", "huggingface_write", "session_name") if not env.get(k)]
-    if missing:
-        raise ConfigError(f"upload_to_cloud is true but .env lacks {', '.join(missing)}; fill them in .env or set "
-                          "upload_to_cloud to false")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", env["repo_ID"]) or ".." in env["repo_ID"]:
-        raise ConfigError(f"repo_ID in .env must be a Hub repo id like owner/name (letters, digits, '-', '_', '.'), "
-                          f"got {env['repo_ID']!r}")
-    if not re.fullmatch(r"[\w.-]{1,100}", env["session_name"]):
-        raise ConfigError(f"session_name in .env must be a folder name (letters, digits, '-', '_', '.'), "
-                          f"got {env['session_name']!r}")
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--reference"]:
+        sys.exit("usage: python config.py --reference    (writes docs/config.md from the schema)")
+    (Path(__file__).resolve().parent / REFERENCE).write_text(reference_markdown(), encoding="utf-8")
+    print(f"wrote {REFERENCE}")

@@ -40,10 +40,26 @@ def test_one_set_of_defaults_the_example_is_the_schema():
     assert load_config({"architecture": "ann"}).to_dict() == {**example, "architecture": "ann"}
 
 
-def test_readme_documents_every_config_and_env_key():
-    readme = (REPO / "README.md").read_text()
+def test_the_config_reference_is_generated_from_the_schema_and_current():
+    page = (REPO / config.REFERENCE).read_text(encoding="utf-8")
+    assert page == config.reference_markdown(), "docs/config.md is stale: run python config.py --reference"
     for key in config.SCHEMA:
-        assert re.search(rf"^\| `{re.escape(key)}` \|", readme, re.M), f"README lacks a table row for {key}"
+        assert re.search(rf"^\| `{re.escape(key)}` \|", page, re.M)
+    for target, anchor in re.findall(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)", page):  # links resolve, anchors too
+        linked = REPO / "docs" / target
+        assert linked.is_file(), target
+        if anchor:
+            assert anchor in heading_anchors(linked.read_text(encoding="utf-8")), f"{target}#{anchor}"
+
+
+def heading_anchors(markdown: str) -> set:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
+def test_readme_documents_every_env_key():
+    readme = (REPO / "README.md").read_text()
     env_keys = re.findall(r"^([A-Za-z_]+)=", (REPO / ".env.example").read_text(), re.M)
     assert {"session_name", "huggingface_read", "huggingface_write", "repo_ID", "code_base_link",
             "python_venv_path"} <= set(env_keys)
