@@ -329,7 +329,8 @@ def weights_only(ckpt: dict, evaluation: dict | None = None) -> dict:
     small = {"format": FORMAT, "config": ckpt["config"], "obs_shape": ckpt["obs_shape"],
              "n_actions": ckpt["n_actions"], "q_network": ckpt["q_network"],
              "trained": ckpt.get("trained") or {k: ckpt.get("counters", {}).get(k)
-                                                for k in ("global_step", "episode", "updates")}}
+                                                for k in ("global_step", "episode", "updates")},
+             "lineage": lineage(ckpt)}
     if evaluation is not None or ckpt.get("evaluation") is not None:
         small["evaluation"] = evaluation if evaluation is not None else ckpt["evaluation"]
     return small
@@ -346,6 +347,41 @@ def write_best(dest: Path, ckpt: dict, evaluation: dict | None) -> None:
     buf = io.BytesIO()
     torch.save(weights_only(ckpt, evaluation), buf)
     atomic_write_bytes(dest, buf.getbuffer())
+
+
+# --------------------------------------------------------------------------- lineage
+# Every checkpoint and weights file says how its weights were made: one stage per run that trained them (a run
+# from random weights, then each fine-tune that started from the previous stage's file with init_weights), each
+# with its config, agent steps and frames; a teacher is named in the stage it taught.
+def stage(config: dict, agent_steps: int, frames_per_step: int) -> dict:
+    """One run's share of a file's training."""
+    kept = {k: v for k, v in config.items() if k not in ("runs_dir", "device", "continue_run")}
+    return {"run": config.get("name"), "agent_steps": int(agent_steps), "frames": int(agent_steps) * frames_per_step,
+            "init_weights": config.get("init_weights") or None, "teacher": config.get("teacher") or None,
+            "config": kept}
+
+
+def lineage(ckpt: dict) -> list[dict]:
+    """The stages behind a checkpoint's or weights file's weights, oldest first. A file written before lineage
+    existed gives its own stage (from its config and step counter) after an unknown one where its config
+    names init_weights: what that file held cannot be known."""
+    if ckpt.get("lineage"):
+        return ckpt["lineage"]
+    config = ckpt.get("config") or {}
+    steps = trained_steps(ckpt)
+    image = len(ckpt.get("obs_shape") or ()) == 3
+    own = [stage(config, steps, config.get("frame_skip", 1) if image else 1)] if steps is not None else [
+        {"run": config.get("name"), "agent_steps": None, "frames": None, "unknown": True}]
+    earlier = [{"run": None, "agent_steps": None, "frames": None, "unknown": True,
+                "init_weights": config.get("init_weights")}] if config.get("init_weights") else []
+    return earlier + own
+
+
+def lineage_total(stages: list[dict]) -> dict:
+    """Agent steps and frames of all stages together; None where a stage is unknown."""
+    known = all(st.get("agent_steps") is not None for st in stages)
+    return {"agent_steps": sum(st["agent_steps"] for st in stages) if known else None,
+            "frames": sum(st["frames"] for st in stages) if known else None, "stages": len(stages)}
 
 
 def trained_steps(ckpt: dict) -> int | None:

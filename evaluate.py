@@ -42,6 +42,7 @@ class Agent:
     policy: object  # policy(env) -> act(obs) -> action, made anew for every episode (controllers keep state)
     run_dir: Path | None = None
     source: Path | None = None  # the checkpoint or weights file it was loaded from
+    trained: dict | None = None  # its lineage's total (checkpoints.lineage_total); None for a baseline
 
 
 # --------------------------------------------------------------------------- agents
@@ -59,7 +60,9 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     import torch
 
     spec = str(path)
-    cfg, net, path = load_network(path, device)
+    path, ckpt = read_agent(spec)
+    cfg, net = build_network(ckpt, device, path)
+    path = Path(path)
     dev = next(net.parameters()).device
 
     def act(obs):
@@ -73,7 +76,7 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     if spec.startswith(publish.HF_PREFIX):
         what = spec[len(publish.HF_PREFIX):]
     name = label or f"{cfg.architecture.upper()}-DDQN ({what})"
-    return Agent(name, cfg, lambda env: act, run_dir, path)
+    return Agent(name, cfg, lambda env: act, run_dir, path, checkpoints.lineage_total(checkpoints.lineage(ckpt)))
 
 
 def distinguish(agents: list[Agent]) -> None:
@@ -188,12 +191,13 @@ def _pid_action(env, state: dict, p: dict) -> int:
 def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progress=None) -> dict:
     cfg = agent.cfg if lenient else agent.cfg.for_evaluation()
     env = envs.make_env(cfg)
+    frames_per_step = cfg.frame_skip if len(env.observation_space.shape) == 3 else 1  # one unit for every method
     returns, lengths = [], []
     try:
         for i in range(episodes):
             ret, length = envs.play_episode(env, agent.policy(env), seed=seed + i)
             returns.append(ret)
-            lengths.append(length)
+            lengths.append(length * frames_per_step)
             if progress is not None:
                 progress.update(1)
     finally:
@@ -201,15 +205,24 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
     r = np.array(returns)
     return {"method": agent.label, "average": float(r.mean()), "max": float(r.max()), "min": float(r.min()),
             "std": float(r.std()), "win_rate": float(np.mean(r >= cfg.win_threshold)),
-            "mean_length": float(np.mean(lengths)), "episodes": episodes, "returns": returns}
+            "mean_length": float(np.mean(lengths)), "episodes": episodes, "returns": returns,
+            "frames_trained": None if agent.trained is None else agent.trained["frames"], "baseline": agent.trained is None}
+
+
+def frames_text(row: dict) -> str:
+    """A row's frames trained (its lineage's total): `2.75M`, `unknown` (a stage not known) or – (a baseline)."""
+    if row.get("baseline", True):
+        return "–"
+    frames = row["frames_trained"]
+    return "unknown" if frames is None else f"{frames / 1e6:.2f}M" if frames >= 1e6 else f"{frames:,}"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| method | average | max | min | std | win rate | mean length | episodes |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | average | max | min | std | win rate | mean length (frames) | episodes | frames trained |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['average']:.2f} | {r['max']:.2f} | {r['min']:.2f} | {r['std']:.2f} | "
-                     f"{100 * r['win_rate']:.0f}% | {r['mean_length']:.1f} | {r['episodes']} |")
+                     f"{100 * r['win_rate']:.0f}% | {r['mean_length']:.1f} | {r['episodes']} | {frames_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,10 +235,12 @@ def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "average", "max", "min", "std", "win_rate", "mean_length", "episodes", "returns"])
+    w.writerow(["method", "average", "max", "min", "std", "win_rate", "mean_length_frames", "episodes",
+                "frames_trained", "returns"])
     for r in rows:
         w.writerow([r["method"], f"{r['average']:.4f}", f"{r['max']:.4f}", f"{r['min']:.4f}", f"{r['std']:.4f}",
                     f"{r['win_rate']:.4f}", f"{r['mean_length']:.2f}", r["episodes"],
+                    "" if r.get("frames_trained") is None else r["frames_trained"],
                     " ".join(f"{x:.2f}" for x in r["returns"])])
     utils.atomic_write_bytes(path, buf.getvalue().encode())
     return md, path

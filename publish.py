@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import checkpoints
 import hub
 from config import ConfigError
 
@@ -57,8 +58,15 @@ def model_card(repo_id: str, weights: dict, row: dict, episodes: int, seed: int)
     arch = "SNN" if cfg["architecture"] == "snn" else "ANN"
     detail = (f"spiking ({cfg['snn_mode']}, snn_tSteps = {cfg['snn_tSteps']}, snn_beta = {cfg['snn_beta']})"
               if arch == "SNN" else "ReLU")
-    frames = (weights.get("trained") or {}).get("global_step")
-    frames_text = f"{frames * cfg['frame_skip']:,} frames ({frames:,} agent steps)" if frames else "unknown"
+    stages = checkpoints.lineage(weights)
+    total = checkpoints.lineage_total(stages)
+    frames_text = (f"{total['frames']:,} frames ({total['agent_steps']:,} agent steps) in all" if total["frames"]
+                   is not None else "an unknown number of frames (the file predates its lineage)")
+    lineage_rows = "".join(f"| {i + 1} | {st.get('run') or '?'} | "
+                           f"{'?' if st.get('agent_steps') is None else format(st['agent_steps'], ',')} | "
+                           f"{'?' if st.get('frames') is None else format(st['frames'], ',')} | "
+                           f"{st.get('init_weights') or '–'} | {st.get('teacher') or '–'} |\n"
+                           for i, st in enumerate(stages))
     name = f"{arch}-DDQN-{cfg['env_id']}"
     data = ModelCardData(
         library_name="snn-ddqn", tags=["reinforcement-learning", "deep-q-learning", "double-dqn", cfg["env_id"],
@@ -78,6 +86,12 @@ A Double-DQN agent for **{cfg['env_id']}** (discrete actions) whose Q-network is
 {episodes} full greedy episodes on seeds {seed}–{seed + episodes - 1}: mean **{row['average']:.2f} ± {row['std']:.2f}**
 (min {row['min']:.2f}, max {row['max']:.2f}, win rate {row['win_rate']:.0%} at ≥ {cfg['win_threshold']:g}).
 Trained for {frames_text}. ![replay]({GIF_NAME})
+
+## How it was trained
+
+| stage | run | agent steps | frames | started from (`init_weights`) | teacher |
+| --- | --- | ---: | ---: | --- | --- |
+{lineage_rows}
 
 ## Use it
 

@@ -48,7 +48,7 @@ class Trainer:
         self.run_dir = run_dir
         self.device = models.resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        cfg, self.files, found, init, teacher, vec = open_run(cfg, run_dir, new_run, self.device)
+        cfg, self.files, found, init, teacher, vec, self.lineage = open_run(cfg, run_dir, new_run, self.device)
         self.cfg, self.hub = cfg, self.files.hub
         self.n_actions, self.obs_shape = int(vec.single_action_space.n), tuple(vec.single_observation_space.shape)
         self.actor = make_actor(cfg, vec, self.obs_shape, self.device)
@@ -182,13 +182,13 @@ class Trainer:
         """The held-out evaluation; the best mean so far is kept as best.pt."""
         return heldout.evaluate(self.cfg, self.greedy, self.actor, self.state, self.run_dir, self.weights, log)
 
-    # ------------------------------------------------------------------ checkpoints
     def weights(self) -> dict:
-        """What a weights-only file (best.pt, --export) needs."""
+        """What a weights-only file (best.pt, --export) needs, with the file's lineage (this run its last stage)."""
         s = self.state
         return {"config": self.cfg.to_dict(), "obs_shape": list(self.obs_shape), "n_actions": self.n_actions,
                 "q_network": self.learner.q_network.state_dict(),
-                "counters": {"global_step": s.global_step, "episode": s.episode, "updates": s.updates}}
+                "counters": {"global_step": s.global_step, "episode": s.episode, "updates": s.updates},
+                "lineage": self.lineage + [checkpoints.stage(self.cfg.to_dict(), s.global_step, s.frames_per_step)]}
 
     def state_dict(self, env_snapshot: bytes | None) -> dict:
         """Everything needed to continue exactly here (the checkpoint; nanoGPT's shape)."""
@@ -321,7 +321,8 @@ def open_run(cfg, run_dir: Path, new_run: bool, device: torch.device):
     anything of the run is touched), the checkpoint to continue from (local or the Hub's), the final config
     (a resumed run keeps the former defaults it was trained with, config.FORMER_DEFAULTS/FORMER_RECIPE; a
     new one an init_weights file's) and the environments built from it. A new run archives the old one's
-    files. Returns (cfg, RunFolder, found checkpoint or None, init_weights file or None, teacher or None, vec)."""
+    files. Returns (cfg, RunFolder, found checkpoint or None, init_weights file or None, teacher or None, vec,
+    the lineage stages before this run)."""
     init, fresh_cfg = agents.read_init_weights(cfg, ROOT, log) if cfg.init_weights else (None, cfg)
     if cfg.wandb_project:
         metrics.require_wandb()
@@ -337,7 +338,9 @@ def open_run(cfg, run_dir: Path, new_run: bool, device: torch.device):
     check_memory(cfg, tuple(vec.single_observation_space.shape), int(vec.single_action_space.n), device)
     if found is None:
         files.start_new_run(asked=new_run)
-    return cfg, files, found, init, teacher, vec
+    # the stages before this run: a resumed run's from its checkpoint, a new one's from its init_weights file
+    earlier = checkpoints.lineage(found[1])[:-1] if found is not None else checkpoints.lineage(init) if init else []
+    return cfg, files, found, init, teacher, vec, earlier
 
 
 def read_teacher(cfg):

@@ -167,3 +167,47 @@ def test_a_checkpoint_of_the_previous_code_resumes_to_the_same_weights(tmp_path,
     then = torch.load(data / "final-300.pt", weights_only=True)
     assert ckpt["counters"]["global_step"] == then["counters"]["global_step"] == 300
     assert all(torch.equal(ckpt["q_network"][k], then["q_network"][k]) for k in then["q_network"])
+
+
+def test_files_carry_their_lineage_through_fine_tunes_and_resumes(tmp_path):
+    first = write_config(tmp_path, name="first", total_steps=120)
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    exported = tmp_path / "first.pt"
+    checkpoints.export_weights(max((run_dir_of(first) / "checkpoints").glob("ckpt_*.pt")), exported)
+    one = checkpoints.read(exported)["lineage"]
+    assert [(st["run"], st["agent_steps"], st["frames"], st["init_weights"]) for st in one] == [("first", 120, 120, None)]
+    # a fine-tune from that file: its stage follows, and a resume of it adds no stage
+    tune = write_config(tmp_path, name="tune", init_weights=str(exported), total_steps=80)
+    assert train.main(["--config", str(tune), "--new-run"]) == 0
+    more = write_config(tmp_path, name="tune", init_weights=str(exported), total_steps=150)
+    assert train.main(["--config", str(more)]) == 0
+    _, ckpt = checkpoints.load_newest(run_dir_of(more) / "checkpoints")
+    stages = ckpt["lineage"]
+    assert [(st["run"], st["agent_steps"], st["init_weights"]) for st in stages] == [
+        ("first", 120, None), ("tune", 150, str(exported))]
+    assert stages[1]["config"]["total_steps"] == 150 and "runs_dir" not in stages[1]["config"]
+    assert checkpoints.lineage_total(stages) == {"agent_steps": 270, "frames": 270, "stages": 2}
+    assert checkpoints.weights_only(ckpt)["lineage"] == stages  # --export and best.pt keep it
+    best = checkpoints.read(run_dir_of(more) / "best.pt") if (run_dir_of(more) / "best.pt").exists() else None
+    assert best is None or best["lineage"][0]["run"] == "first"
+
+
+def test_a_file_from_before_lineage_says_unknown_for_what_it_cannot_know():
+    old = {"config": {"name": "snn-solve", "init_weights": "pretrained/x.pt", "frame_skip": 4},
+           "obs_shape": [4, 84, 84], "trained": {"global_step": 1000}}
+    stages = checkpoints.lineage(old)
+    assert stages[0]["unknown"] and stages[1]["agent_steps"] == 1000 and stages[1]["frames"] == 4000
+    assert checkpoints.lineage_total(stages)["frames"] is None
+    fresh = {"config": {"name": "carracing", "init_weights": "", "frame_skip": 4}, "obs_shape": [4, 84, 84],
+             "trained": {"global_step": 1000}}
+    assert checkpoints.lineage_total(checkpoints.lineage(fresh)) == {"agent_steps": 1000, "frames": 4000, "stages": 1}
+
+
+@pytest.mark.parametrize("name, agent_steps, stages", [("snn_hybrid_ddqn", 685_919, 3), ("ann_ddqn", 578_297, 4),
+                                                        ("ann_kickstarted_ddqn", 666_964, 5)])
+def test_the_shipped_agents_say_how_they_were_made(name, agent_steps, stages):
+    """The lineage of each shipped file, from the stage files in git history (docs/results.md's table)."""
+    ckpt = checkpoints.read(Path(__file__).resolve().parents[1] / "pretrained" / f"{name}.pt")
+    total = checkpoints.lineage_total(ckpt["lineage"])
+    assert total == {"agent_steps": agent_steps, "frames": 4 * agent_steps, "stages": stages}
+    assert ckpt["lineage"][-1]["agent_steps"] == ckpt["trained"]["global_step"]

@@ -29,10 +29,13 @@ def cartpole_run(tmp_path_factory):
 def test_table_for_a_run_is_written_and_repeatable(cartpole_run, capsys):
     assert evaluate.main(["--run", str(cartpole_run), "--episodes", "4", "--baseline", "random"]) == 0
     out = capsys.readouterr().out
-    assert "| method | average | max | min | std | win rate | mean length | episodes |" in out
+    assert ("| method | average | max | min | std | win rate | mean length (frames) | episodes | frames trained |"
+            in out)
     first = (cartpole_run / "evaluation.csv").read_text()
     rows = list(csv.DictReader(first.splitlines()))
     assert [r["method"] for r in rows] == ["ANN-DDQN (ev)", "random"]
+    # the run's newest checkpoint trained 200 agent steps of CartPole (a frame each); a baseline none
+    assert [r["frames_trained"] for r in rows] == ["200", ""] and "| 200 |" in out and "| – |" in out
     assert all(len(r["returns"].split()) == 4 for r in rows)
     assert (cartpole_run / "evaluation.md").exists()
     evaluate.main(["--run", str(cartpole_run), "--episodes", "4", "--baseline", "random"])
@@ -220,8 +223,8 @@ def test_lenient_keeps_the_training_aids_and_the_default_drops_them(tmp_path, ca
     lengths = []
     for extra in ([], ["--lenient"]):
         assert evaluate.main(["--baseline", "random", "--episodes", "1", "--out", str(tmp_path), *extra]) == 0
-        lengths.append(float(next(csv.DictReader((tmp_path / "evaluation.csv").open()))["mean_length"]))
-    assert lengths[0] == 250 and lengths[1] < 250
+        lengths.append(float(next(csv.DictReader((tmp_path / "evaluation.csv").open()))["mean_length_frames"]))
+    assert lengths[0] == 1000 and lengths[1] < 1000  # frames: 250 agent steps of 4 frames
 
 
 def test_a_loaded_agent_keeps_its_training_config(cartpole_run):
