@@ -19,13 +19,28 @@ BOUT_ID_ENV = "SNNDQN_BOUT_ID"  # written into status.json by the bout it names
 LAUNCHER_PID_ENV = "SNNDQN_LAUNCHER_PID"  # the trainer stops when this process dies
 CONFIG_ENV = "SNNDQN_CONFIG"  # every script: the path of the resolved config JSON (train.py also gets --config)
 NEW_RUN_ENV = "SNNDQN_NEW_RUN"  # "1" when this bout starts the run anew
+RUN_LOCK_FD_ENV = "SNNDQN_RUN_LOCK_FD"  # the descriptor of the run's lock, taken by the launcher and inherited
 STATUS_NAME = "status.json"
+# What a run folder holds (README's run-folder contract); a new run under the same name moves all of it, and
+# anything else found there, to archive/<time>/. Kept in place: archive/ itself, the lock and launch configs.
+RUN_FOLDER = ("config.json", "checkpoints", "best.pt", "metrics.csv", STATUS_NAME, "tensorboard", "plots", "videos",
+              "evaluation.md", "evaluation.csv", "wandb")
+KEPT_ON_NEW_RUN = ("archive", ".lock")
+LAUNCH_CONFIG_PREFIX = ".launch-config"
 
 
-def bout_environment(seconds: float, bout_id: str, launcher_pid: int, config_path: Path, new_run: bool) -> dict:
+def bout_environment(seconds: float, bout_id: str, launcher_pid: int, config_path: Path, new_run: bool,
+                     lock_fd: int | None = None) -> dict:
     """The variables `run.py` sets for one bout of its script."""
     return {BOUT_SECONDS_ENV: f"{seconds:.3f}", BOUT_ID_ENV: bout_id, LAUNCHER_PID_ENV: str(launcher_pid),
-            CONFIG_ENV: str(config_path), NEW_RUN_ENV: "1" if new_run else "0"}
+            CONFIG_ENV: str(config_path), NEW_RUN_ENV: "1" if new_run else "0",
+            **({RUN_LOCK_FD_ENV: str(lock_fd)} if lock_fd is not None else {})}
+
+
+def inherited_lock_fd() -> int | None:
+    """The run lock's descriptor the launcher passed down, if any."""
+    given = os.environ.get(RUN_LOCK_FD_ENV)
+    return int(given) if given and given.isdigit() else None
 
 
 def bout_seconds(default: float) -> float:

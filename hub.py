@@ -41,9 +41,12 @@ def hub_environment(environ=None, dotenv_path: Path | None = None) -> dict[str, 
 
 
 def client():
-    """An HfApi for the endpoint of this moment (HF_ENDPOINT is read now, not at import: tests move it)."""
+    """An HfApi for the endpoint of this moment (HF_ENDPOINT is read now, not at import: tests move it). The
+    client's own retry warnings are silenced: a failure is one line of ours, not one per retry."""
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 

@@ -28,6 +28,7 @@ import config  # noqa: E402  (standard library only; reloaded after a code sync)
 import contract  # noqa: E402  (the same)
 import envfile  # noqa: E402  (the same)
 import gitsync  # noqa: E402  (the same)
+import runlock  # noqa: E402  (the same)
 import utils  # noqa: E402  (the same)
 REEXEC_GUARD = "SNNDQN_RUNPY_REEXECED"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
@@ -113,6 +114,23 @@ def ensure_requirements(interpreter: str, requirements: Path) -> None:
 
 
 # --------------------------------------------------------------------------- config
+def config_resolves(args: argparse.Namespace) -> bool:
+    try:
+        resolve_config(args)
+        return True
+    except BadInput:
+        return False
+
+
+def take_run_lock(run_dir: Path) -> "runlock.RunLock":
+    """The run's lock for this launcher's life (its trainers inherit it): a second launcher on the run is
+    refused with one line before it touches the code or the run folder."""
+    try:
+        return runlock.RunLock(run_dir).acquire()
+    except config.ConfigError as e:
+        raise BadInput(f"{e}; this launcher changed nothing") from None
+
+
 def resolve_config(args: argparse.Namespace):
     """The validated config: conf.json (copied from the example when missing) or --config's JSON."""
     try:
@@ -158,7 +176,7 @@ class Supervisor:
 
     def __init__(self, cmd_base: list[str], config_path: Path, run_dir: Path, cfg, env: dict[str, str],
                  write_config, restart_delay: float, max_crashes: int, kill_grace: float, quick_crash: float,
-                 script_args: list[str] | None = None):
+                 script_args: list[str] | None = None, lock_fd: int | None = None):
         self.cmd_base = cmd_base
         self.is_train = Path(cmd_base[-1]).name == "train.py"
         self.script_args = list(script_args or [])
@@ -171,6 +189,7 @@ class Supervisor:
         self.max_crashes = max_crashes
         self.kill_grace = kill_grace
         self.quick_crash = quick_crash
+        self.lock_fd = lock_fd  # the run's lock, passed down to the trainer
         self.child: subprocess.Popen | None = None
         self.stopping: int | None = None  # the signal that asked us to stop
 
@@ -233,11 +252,13 @@ class Supervisor:
                     cmd = [*self.cmd_base, *self.script_args]
                 bout_id = f"{os.getpid()}-{bout}-{time.time():.0f}"
                 env = dict(self.env, PYTHONUNBUFFERED="1",
-                           **contract.bout_environment(budget, bout_id, os.getpid(), self.config_path, new_run))
+                           **contract.bout_environment(budget, bout_id, os.getpid(), self.config_path, new_run,
+                                                       self.lock_fd))
                 say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
                     f"({left:.0f} s of train_max_time left)")
                 t0 = time.monotonic()
-                self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+                self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                                              pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
                 if self.stopping is not None:  # a signal arrived between the loop test and Popen
                     self.child.send_signal(self._forwarded(self.stopping))
                 rc = self._wait(budget + self.kill_grace)
@@ -334,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
 
         env = envfile.load_env(ROOT / ".env")
         interpreter = envfile.training_interpreter(env, ROOT)
+        trains = Path(args.script).name == "train.py"
+        # a run has one launcher: its lock comes before the code sync and before anything of the run is
+        # written (with the schema of the code here; the synced one may know a key this one does not)
+        lock = take_run_lock(resolve_config(args).run_dir(ROOT)) if trains and config_resolves(args) else None
         link = env.get("code_base_link", "").strip()
         if link and link != "." and not args.no_sync:
             before = gitsync.file_digest(ROOT / "run.py")
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.flush()
                     os.execv(sys.executable, [sys.executable, str(ROOT / "run.py"), *argv])
 
-        for module in (config, envfile, gitsync, utils, contract):  # the synced schema validates the config
+        for module in (config, envfile, gitsync, utils, contract, runlock):  # the synced schema validates the config
             importlib.reload(module)
 
         script = Path(args.script)
@@ -369,9 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         check_hub_settings(cfg, env)
         run_dir = cfg.run_dir(ROOT)
+        if trains and (lock is None or lock.path.parent != run_dir):
+            lock = take_run_lock(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        # the child gets the config in a dot-file; train.py copies it to config.json once it accepted it
-        config_path = run_dir / ".launch-config.json"
+        # the child gets the config in a dot-file (train.py copies it to config.json once it accepted it); another
+        # script a private one, so that it never replaces the config of a trainer running on the same run
+        config_path = run_dir / (f"{contract.LAUNCH_CONFIG_PREFIX}.json" if trains
+                                 else f"{contract.LAUNCH_CONFIG_PREFIX}.{os.getpid()}.json")
 
         def write_config(continue_run: bool) -> None:
             utils.atomic_write_json(config_path, {**cfg.to_dict(), "continue_run": continue_run})
@@ -385,8 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         sup = Supervisor([interpreter, "-u", str(script)], config_path, run_dir, cfg, child_env,
                          write_config=write_config, restart_delay=args.restart_delay,
                          max_crashes=args.max_crashes, kill_grace=args.kill_grace, quick_crash=args.quick_crash,
-                         script_args=script_args)
-        return sup.run()
+                         script_args=script_args, lock_fd=lock.fd if lock is not None else None)
+        try:
+            return sup.run()
+        finally:
+            if not trains:
+                config_path.unlink(missing_ok=True)
     except (BadInput, config.ConfigError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2

@@ -23,11 +23,21 @@ from envfile import check_upload_settings
 from utils import kv_line
 
 
+HUB_START_WAITS = (5.0, 15.0, 30.0)  # seconds between the tries when the Hub does not answer at the start
+
+
+class HubUnreachable(Exception):
+    """The Hub's state is unknown and nothing here can be resumed: the run must not start anew."""
+
+
 def archive_previous_run(run_dir: Path, log: Callable[[str], None], why: str | None = None) -> None:
-    """A new run never deletes the old one's data: it moves it to archive/<time>/ (with a warning line when
-    `why` says the run could not be continued)."""
-    old = [p for p in (run_dir / "checkpoints", run_dir / "metrics.csv", run_dir / "tensorboard", run_dir / "plots",
-                       run_dir / "status.json") if p.exists()]
+    """A new run never deletes the old one's data: everything the run folder holds (contract.RUN_FOLDER, and
+    whatever else is there) moves to archive/<time>/, except the archive itself, the lock and the launcher's
+    config (with a warning line when `why` says the run could not be continued)."""
+    if not run_dir.is_dir():
+        return
+    old = sorted(p for p in run_dir.iterdir() if p.name not in contract.KEPT_ON_NEW_RUN
+                 and not p.name.startswith(contract.LAUNCH_CONFIG_PREFIX))
     if not old:
         return
     dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
@@ -52,14 +62,36 @@ class RunFolder:
                     if cfg.upload_to_cloud else None)
 
     def newest(self, map_location) -> tuple[Path, dict] | None:
-        """The newest loadable checkpoint, fetched from the Hub first when the Hub's is newer."""
-        if self.hub is not None:
+        """The newest loadable checkpoint, fetched from the Hub first when the Hub's is newer. A Hub that does
+        not answer is asked again (HUB_START_WAITS); when it never answers and there is no checkpoint here,
+        HubUnreachable: an unanswered question is not "nothing there", and a new run would archive the Hub's."""
+        failure = self._fetch_newer() if self.hub is not None else None
+        found = checkpoints.load_newest(self.ckpt_dir, map_location=map_location, log=self.log)
+        if failure is None:
+            return found
+        if found is None:
+            raise HubUnreachable(f"the Hub did not answer whether {self.hub.repo_id}/{self.hub.prefix} holds a "
+                                 f"checkpoint ({failure}) and there is none here; not starting the run anew over "
+                                 "what the Hub may hold: run again once the Hub answers, or set upload_to_cloud "
+                                 "to false to train locally")
+        self.hub.log(f"the Hub did not answer ({failure}); resuming from the local files (a newer checkpoint on the "
+                     "Hub stays there, untouched)")
+        return found
+
+    def _fetch_newer(self) -> str | None:
+        """Ask the Hub for a checkpoint newer than the local one; None when it answered, else the last failure."""
+        for attempt, wait in enumerate((*HUB_START_WAITS, None), start=1):
             try:
                 self.hub.fetch_newer(checkpoints.newest_verified_step(self.ckpt_dir))
+                return None
             except Exception as e:
-                self.hub.log(f"could not look for a newer checkpoint on the Hub ({self.hub.describe(e)}); "
-                             "resuming from the local files")
-        return checkpoints.load_newest(self.ckpt_dir, map_location=map_location, log=self.log)
+                failure = self.hub.describe(e)
+                if wait is None:
+                    return failure
+                self.hub.log(f"could not look for a newer checkpoint ({failure}); asking again in {wait:g} s "
+                             f"(try {attempt} of {len(HUB_START_WAITS) + 1})")
+                time.sleep(wait)
+        return None
 
     def start_new_run(self, asked: bool) -> None:
         """Archive what a previous run left, locally and on the Hub (`asked`: a new run was asked for; else

@@ -34,9 +34,14 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, inherited: int | None = None) -> "RunLock":
+        """Take the lock, or keep the one the launcher took for this process (`inherited`: the descriptor it
+        passed down, checked to be this run's lock file and to hold the lock)."""
         import fcntl
 
+        if inherited is not None and self._holds(inherited):
+            self.fd = inherited
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -53,6 +58,17 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
+
+    def _holds(self, fd: int) -> bool:
+        import fcntl
+
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            if same:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the same open file: succeeds where it holds it
+            return same
+        except OSError:
+            return False
 
     def release(self) -> None:
         if self.fd is not None:

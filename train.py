@@ -33,7 +33,7 @@ from bout import log
 from config import ConfigError, keep_former_defaults, load_config, one_line_cli_errors
 from learner import Learner
 from replay import ReplayBuffer
-from runfolder import RunFolder
+from runfolder import HubUnreachable, RunFolder
 from trainstate import TrainState
 from utils import kv_line
 
@@ -429,18 +429,22 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         cfg = load_config(args.config)
         run_dir = cfg.run_dir(ROOT)
-        lock = runlock.RunLock(run_dir).acquire()  # before anything of the run is touched
+        lock = runlock.RunLock(run_dir).acquire(contract.inherited_lock_fd())  # before the run is touched
         if contract.launcher_pid() is not None:
             runlock.follow_parent(contract.launcher_pid())
         trainer = Trainer(cfg, run_dir, new_run=args.new_run or not cfg.continue_run)
         # the run's config.json changes only once the trainer accepted the config (shape, env, device); it
         # holds what the run trains with (a former default kept from its checkpoint included)
-        if Path(args.config).resolve() != (run_dir / "config.json").resolve():
-            utils.atomic_write_json(run_dir / "config.json", trainer.cfg.to_dict())
+        own = run_dir / "config.json"  # (a new run archived the previous one's)
+        if Path(args.config).resolve() != own.resolve() or not own.exists():
+            utils.atomic_write_json(own, trainer.cfg.to_dict())
         return trainer.run()
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    except HubUnreachable as e:  # not bad input: the launcher tries again after its back-off
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         if e.errno not in bout.DISK_ERRNOS:
             raise

@@ -109,6 +109,37 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     assert contract.read_status(run_dir(second))["global_step"] == 400
 
 
+def test_the_hub_down_at_start_never_restarts_the_run_or_archives_the_hubs(server, tmp_path, capsys, monkeypatch):
+    """A fresh machine while the Hub answers 503: the trainer asks again, then stops with one line; it
+    neither starts from step 0 nor archives the Hub's run. Once the Hub answers, the run resumes from it."""
+    import types
+
+    import huggingface_hub.utils._http as hf_http
+
+    import runfolder
+
+    monkeypatch.setattr(runfolder, "HUB_START_WAITS", (0.01, 0.01))
+    monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=lambda s: None))  # the client's own back-off
+    first = config(tmp_path, total_steps=200)
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    step = contract.read_status(run_dir(first))["global_step"]
+    shutil.rmtree(run_dir(first))  # the studio's disk is gone
+    before = dict(server.repos["tester/runs"].files)
+    server.down = True
+    capsys.readouterr()
+    second = config(tmp_path, total_steps=400)
+    assert train.main(["--config", str(second)]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("asking again in") == 2 and "global_step=0" not in out and "new run" not in out
+    (line,) = err.strip().splitlines()  # one line of ours, none of the client's retries
+    assert "did not answer" in line and "not starting the run anew" in line
+    server.down = False
+    assert server.repos["tester/runs"].files == before  # nothing archived, nothing overwritten
+    assert not (run_dir(second) / "checkpoints").exists() or not list((run_dir(second) / "checkpoints").glob("*.pt"))
+    assert train.main(["--config", str(second)]) == 0
+    assert f"resumed checkpoint=ckpt_{step:010d}.pt global_step={step}" in capsys.readouterr().out
+
+
 def test_a_fresh_machine_keeps_the_former_default_of_the_hubs_checkpoint(server, tmp_path, capsys,
                                                                         encoder_default_changed):
     """The checkpoint a fresh machine resumes comes from the Hub; it still decides a former default

@@ -86,8 +86,8 @@ def git(cwd: Path, *args: str) -> str:
 def write_project(folder: Path) -> None:
     """The files a project needs to launch, with the stand-in as train.py."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("run.py", "config.py", "envfile.py", "gitsync.py", "contract.py", "utils.py", "preflight.py",
-                 "conf.json.example", ".gitignore"):
+    for name in ("run.py", "config.py", "envfile.py", "gitsync.py", "contract.py", "utils.py", "runlock.py",
+                 "preflight.py", "conf.json.example", ".gitignore"):
         shutil.copy(REPO / name, folder / name)
     (folder / "train.py").write_text(STANDIN)
     (folder / "requirements.txt").write_text("pytest\n")
@@ -166,6 +166,34 @@ def test_changed_runpy_is_reexecuted_exactly_once(remote_and_checkout):
     assert out.stdout.count("NEW-LAUNCHER-VERSION") == 1
     assert out.stdout.count("standin bout 1 done") == 1
     assert_user_files_intact(studio)
+
+
+def test_a_refused_second_launcher_touches_neither_the_code_nor_the_run(remote_and_checkout):
+    """A second `python run.py` on a run that a launcher trains: one line, exit 2, before its code sync (the
+    checkout stays on its commit under the running trainer), before it writes the run's launch config and
+    before --forcenewrun could archive anything."""
+    _, dev, studio = remote_and_checkout
+    (studio / "mode.txt").write_text("wait-signal")
+    first = subprocess.Popen([sys.executable, "run.py"], cwd=studio, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    run_dir = studio / "runs" / "carracing"
+    deadline = time.time() + 60
+    while not (run_dir / "started.txt").exists():
+        assert time.time() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    head, given = git(studio, "rev-parse", "HEAD"), (run_dir / ".launch-config.json").read_bytes()
+    push(dev, {"NEWFILE.txt": "from upstream\n"})  # the second launcher would sync this
+    second = launch(studio, "--forcenewrun", *forced(learning_rate=0.5, batch=8))
+    assert second.returncode == 2
+    (line,) = second.stderr.strip().splitlines()
+    assert "is being trained by process" in line and "changed nothing" in line and "Traceback" not in line
+    assert "synced" not in second.stdout and git(studio, "rev-parse", "HEAD") == head
+    assert not (studio / "NEWFILE.txt").exists()
+    assert (run_dir / ".launch-config.json").read_bytes() == given and not (run_dir / "archive").exists()
+    assert len(bouts(run_dir)) == 1 and first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
 
 
 def test_unreachable_remote_still_trains(remote_and_checkout, tmp_path):

@@ -185,12 +185,23 @@ def test_a_key_the_checkpoint_predates_is_listed_when_it_changes_behaviour(tmp_p
     assert 'conv_precision: "float32" -> "auto"' in line
 
 
-def test_new_run_archives_the_previous_run(tmp_path):
-    cfg = tiny(tmp_path, total_steps=100)
-    train.main(["--config", str(cfg), "--new-run"])
-    train.main(["--config", str(cfg), "--new-run"])
-    archived = list((run_dir(cfg) / "archive").glob("*/metrics.csv"))
-    assert len(archived) == 1 and archived[0].stat().st_size > 0
+def test_new_run_archives_everything_the_previous_run_left(tmp_path):
+    # best.pt and videos/ too (they used to stay and be overwritten), and whatever else the folder holds
+    cfg = tiny(tmp_path, total_steps=100, eval_every=2, eval_episodes=1, record_every=4)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    folder = run_dir(cfg)
+    for name in contract.RUN_FOLDER:  # the contract's entries the run did not make (evaluate.py's, W&B's)
+        if not (folder / name).exists():
+            (folder / name).write_text("made by another tool")
+    (folder / "notes.txt").write_text("the user's own")
+    before = {p.name: (p.read_bytes() if p.is_file() else sorted(q.name for q in p.rglob("*")))
+              for p in folder.iterdir() if p.name not in ("archive", ".lock")}
+    assert {"best.pt", "videos", "checkpoints", "config.json", "notes.txt"} <= set(before)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    (archive,) = (folder / "archive").iterdir()
+    moved = {p.name: (p.read_bytes() if p.is_file() else sorted(q.name for q in p.rglob("*"))) for p in archive.iterdir()}
+    assert moved == before  # every file, byte for byte
+    assert (folder / "config.json").exists() and not (folder / "notes.txt").exists()
 
 
 def test_budgets_and_status(tmp_path):
