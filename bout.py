@@ -13,6 +13,7 @@ import time
 
 
 import contract
+import heldout
 import models
 from config import ConfigError
 from utils import kv_line
@@ -87,6 +88,8 @@ class Bout:
                     sps_t0, sps_steps = now, t.state.global_step
                 progress.update(t, sps, deadline)
             t.save_checkpoint()
+            if finished and cfg.eval_every and cfg.eval_candidates and cfg.eval_confirm_episodes:
+                heldout.confirm_best(cfg, t.run_dir, log)  # the run's best.pt, confirmed on a second track set
         except OSError as e:
             if e.errno not in DISK_ERRNOS:
                 raise

@@ -123,6 +123,12 @@ def _keys() -> list[Key]:
           "10000+, never the table's 0-49); with the actor process the worker plays half of them. The best mean so "
           "far is kept as `runs/<run>/best.pt` (weights + config, the `--export` format); `python evaluate.py --run"
           " DIR --best` plays it.", low=1),
+        K("eval_candidates", 3, "int", "The best in-run evaluations whose weights are kept as candidates (in "
+          "`.candidates/`) for the confirmation at the run's end; 0 = off.", low=0, high=20),
+        K("eval_confirm_episodes", 20, "int", "When the run finishes, each candidate plays this many more full greedy "
+          "episodes on a second held-out set (seeds 20000+), and `best.pt` becomes the candidate with the best mean "
+          "over both sets: the in-run best alone favours a lucky evaluation (docs/results.md#from-scratch). 0 = off.",
+          low=0, high=1000),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
         K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over steps "
           "(docs/tuning.md#snn_readout-snn_tsteps).",

@@ -2,6 +2,11 @@
 
 Held-out tracks are the seeds EVAL_SEED, EVAL_SEED+1, ... — never the evaluation table's 0-49 — played as
 full greedy episodes without the training aids (lenient termination, skip penalty).
+
+Choosing the best of many noisy evaluations favours a lucky one, so the in-run winner is confirmed before a
+run ends: the best `eval_candidates` evaluations' weights are kept in `.candidates/`, and when the run
+finishes each plays `eval_confirm_episodes` more tracks (seeds CONFIRM_SEED+); best.pt becomes the candidate
+with the best mean over both sets.
 """
 from __future__ import annotations
 
@@ -12,11 +17,15 @@ from typing import Callable
 
 import numpy as np
 
+import agents
 import checkpoints
 import envs
+import models
 from utils import kv_line
 
 EVAL_SEED = 10_000
+CONFIRM_SEED = 20_000  # the second held-out set that confirms the candidates
+CANDIDATES = ".candidates"  # in the run folder (not mirrored: best.pt is)
 
 
 def returns(cfg, greedy: Callable, episodes: int, actor=None) -> list[float]:
@@ -44,10 +53,12 @@ def evaluate(cfg, greedy: Callable, actor, state, run_dir: Path, weights: Callab
     episodes = cfg.eval_episodes
     scores = returns(cfg, greedy, episodes, actor)
     state.last_eval = float(np.mean(scores))
+    scored = {"mean": state.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"}
     if state.best_eval is None or state.last_eval > state.best_eval:
         state.best_eval = state.last_eval
-        checkpoints.write_best(run_dir / checkpoints.BEST_NAME, weights(),
-                               {"mean": state.last_eval, "episodes": episodes, "seeds": f"{EVAL_SEED}+"})
+        checkpoints.write_best(run_dir / checkpoints.BEST_NAME, weights(), scored)
+    if cfg.eval_candidates and cfg.eval_confirm_episodes:
+        keep_candidate(run_dir / CANDIDATES, weights, scored, state.global_step, cfg.eval_candidates)
     log(kv_line("eval", episode=state.episode, global_step=state.global_step, episodes=episodes,
                 mean=round(state.last_eval, 2), min=round(min(scores), 2), max=round(max(scores), 2),
                 best=round(state.best_eval, 2)))
@@ -80,3 +91,57 @@ def record_gif(cfg, greedy: Callable, run_dir: Path, episode: int, log: Callable
     ret, _ = envs.record_gif(cfg.for_evaluation(), lambda env: greedy, gif, seed=EVAL_SEED)
     log(kv_line("recorded", path=f"videos/{gif.name}", greedy_return=round(ret, 2)))
     return gif
+
+
+# --------------------------------------------------------------------------- confirming the best
+def _candidates(folder: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted(folder.glob("cand_*.pt")) if folder.is_dir() else []:
+        try:
+            out.append((path, checkpoints.read(path)))
+        except Exception:  # a torn file of a killed process: not a candidate
+            path.unlink(missing_ok=True)
+    return out
+
+
+def keep_candidate(folder: Path, weights: Callable[[], dict], scored: dict, step: int, keep: int) -> None:
+    """Keep these weights as a candidate when their in-run mean is among the best `keep` so far."""
+    kept = _candidates(folder)
+    means = sorted((c["evaluation"]["mean"] for _, c in kept), reverse=True)
+    if len(means) >= keep and scored["mean"] <= means[keep - 1]:
+        return
+    checkpoints.write_best(folder / f"cand_{step:010d}.pt", weights(), scored)
+    for path, _ in sorted(_candidates(folder), key=lambda pc: pc[1]["evaluation"]["mean"], reverse=True)[keep:]:
+        path.unlink(missing_ok=True)
+
+
+def confirm_best(cfg, run_dir: Path, log: Callable[[str], None]) -> dict | None:
+    """Play each candidate (those not played yet) on `eval_confirm_episodes` tracks of the second held-out
+    set, and make the one with the best mean over both sets best.pt. Returns best.pt's evaluation, or None
+    without candidates."""
+    kept = _candidates(run_dir / CANDIDATES)
+    if not kept:
+        return None
+    n = cfg.eval_confirm_episodes
+    seeds = [CONFIRM_SEED + i for i in range(n)]
+    best = None
+    for path, cand in kept:
+        ev = cand["evaluation"]
+        if ev.get("confirm_episodes") != n:
+            _, net = agents.build_network(cand, "cpu", path)
+            confirm = float(np.mean(envs.evaluation_returns(cfg, lambda obs: _greedy(net, obs), seeds)))
+            ev = {**ev, "confirm_mean": confirm, "confirm_episodes": n, "confirm_seeds": f"{CONFIRM_SEED}+",
+                  "combined_mean": (ev["mean"] * ev["episodes"] + confirm * n) / (ev["episodes"] + n)}
+            checkpoints.write_best(path, cand, ev)
+        log(kv_line("confirm", candidate=path.name, in_run=round(ev["mean"], 2), confirm=round(ev["confirm_mean"], 2),
+                    combined=round(ev["combined_mean"], 2)))
+        if best is None or ev["combined_mean"] > best[1]["combined_mean"]:
+            best = (cand, ev)
+    checkpoints.write_best(run_dir / checkpoints.BEST_NAME, best[0], best[1])
+    log(kv_line("best", global_step=checkpoints.trained_steps(best[0]), combined=round(best[1]["combined_mean"], 2),
+                tracks=best[1]["episodes"] + n))
+    return best[1]
+
+
+def _greedy(net, obs) -> int:
+    return models.greedy_action(net, obs)

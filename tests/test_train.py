@@ -502,7 +502,7 @@ def test_a_teacher_that_cannot_teach_is_one_line_and_touches_nothing(tmp_path, c
 def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
     import evaluate
 
-    cfg = tiny(tmp_path, total_steps=600, eval_every=5, eval_episodes=2, checkpoint_every=5)
+    cfg = tiny(tmp_path, total_steps=600, eval_every=5, eval_episodes=2, checkpoint_every=5, eval_candidates=0)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     out = capsys.readouterr().out
     evals = [float(line.split(" mean=")[1].split()[0]) for line in out.splitlines() if line.startswith("eval ")]
@@ -518,7 +518,7 @@ def test_best_policy_is_kept_from_held_out_evaluations(tmp_path, capsys):
     assert evaluate.main(["--run", str(run_dir(cfg)), "--best", "--episodes", "2"]) == 0
     assert "ANN-DDQN (t, best)" in capsys.readouterr().out
     # another eval_episodes: the old best is not comparable, it is archived and the next evaluation sets it
-    more = tiny(tmp_path, total_steps=700, eval_every=5, eval_episodes=3, checkpoint_every=5)
+    more = tiny(tmp_path, total_steps=700, eval_every=5, eval_episodes=3, checkpoint_every=5, eval_candidates=0)
     assert train.main(["--config", str(more)]) == 0
     out = capsys.readouterr().out
     assert "best.pt was scored over 2 episodes, eval_episodes is now 3" in out
@@ -656,3 +656,29 @@ def test_status_json_follows_the_run_at_every_checkpoint(tmp_path, monkeypatch):
     assert any(status["last_eval"] is not None and status["best_eval"] is not None for _, status in seen)
     final = contract.read_status(run_dir(cfg))
     assert final["finished"] is True and final["global_step"] == 300 and final["episode"] == seen[-1][1]["episode"]
+
+
+def test_a_finished_run_confirms_its_best_on_a_second_track_set(tmp_path, capsys):
+    import agents
+    import envs
+    import heldout
+
+    cfg = tiny(tmp_path, total_steps=600, eval_every=3, eval_episodes=2, eval_candidates=2, eval_confirm_episodes=3)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    evals = sorted((float(ln.split(" mean=")[1].split()[0]) for ln in out.splitlines() if ln.startswith("eval ")),
+                   reverse=True)
+    kept = [checkpoints.read(p) for p in sorted((run_dir(cfg) / heldout.CANDIDATES).glob("cand_*.pt"))]
+    assert len(evals) >= 4 and len(kept) == 2
+    assert sorted((c["evaluation"]["mean"] for c in kept), reverse=True) == pytest.approx(evals[:2], abs=0.01)
+    for cand in kept:  # each played the second set, as anyone can repeat
+        _, net = agents.build_network(cand, "cpu")
+        again = envs.evaluation_returns(load_config(cfg), lambda obs: models.greedy_action(net, obs),
+                                        [heldout.CONFIRM_SEED + i for i in range(3)])
+        ev = cand["evaluation"]
+        assert ev["confirm_mean"] == pytest.approx(np.mean(again)) and ev["confirm_episodes"] == 3
+        assert ev["combined_mean"] == pytest.approx((2 * ev["mean"] + 3 * ev["confirm_mean"]) / 5)
+    best = checkpoints.read(run_dir(cfg) / "best.pt")
+    winner = max(kept, key=lambda c: c["evaluation"]["combined_mean"])
+    assert best["evaluation"] == winner["evaluation"] and best["trained"] == winner["trained"]
+    assert out.count("confirm candidate=") == 2 and "best global_step=" in out
