@@ -123,6 +123,14 @@ class Bout:
         contract.write_status(t.run_dir, finished, reason, **t.state.progress())
 
 
+def _columns() -> int:
+    """The terminal's width (some report 0, where a bar would print nothing at all)."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
 class Progress:
     """On a terminal a tqdm bar over the run's budget (total_steps, or else the bout's seconds) with an
     ETA, every log line printed above it; elsewhere a `progress key=value` line every few seconds."""
@@ -135,7 +143,7 @@ class Progress:
         self.by_steps = t.cfg.total_steps > 0
         self.phase = None
         self.shown = t.state.global_step if self.by_steps else 0
-        if force_bar or sys.stdout.isatty():
+        if force_bar or (sys.stdout.isatty() and _columns() > 0):  # a terminal of 0 columns shows no bar: lines
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -145,7 +153,7 @@ class Progress:
                                 file=sys.stdout)
             else:  # no step budget: the bar is the bout's time
                 self.bar = tqdm(total=round(seconds), unit="s", dynamic_ncols=True, file=sys.stdout,
-                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s "
+                                bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s of this bout "
                                            "[{elapsed}<{remaining}{postfix}]")
             _BAR = self.bar
 
@@ -158,8 +166,9 @@ class Progress:
             if n != self.shown:
                 self.bar.update(n - self.shown)
                 self.shown = n
-            phase = "filling replay" if filling else "training"
-            if phase != self.phase:  # at once, however fast the steps go
+            # the phase at once, however fast the steps go; while filling, its share of learning_starts
+            phase = f"filling replay {t.state.global_step}/{t.cfg.learning_starts}" if filling else "training"
+            if phase != self.phase and (not filling or self.phase is None or now - self.last >= 1.0):
                 self.phase = phase
                 self.bar.set_description(phase)
             if now - self.last >= 1.0:
@@ -171,8 +180,9 @@ class Progress:
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             loss = t.state.mean_loss()
+            fill = {"fill": f"{t.state.global_step}/{t.cfg.learning_starts}"} if filling else {}
             log(kv_line("progress", time=time.strftime("%H:%M:%S"), phase="filling_replay" if filling else "training",
-                        global_step=t.state.global_step, episode=t.state.episode, sps=round(sps, 1),
+                        **fill, global_step=t.state.global_step, episode=t.state.episode, sps=round(sps, 1),
                         mean_return_100=round(t.state.mean_return_100(), 2), epsilon=round(t.state.epsilon, 4),
                         loss="-" if loss is None else round(loss, 5), replay=len(t.replay),
                         bout_left_s=round(max(0.0, deadline - now))))

@@ -74,8 +74,10 @@ class FastCarRacing(cr.CarRacing):
     _font = None
     _text_cache: dict[str, object] = {}
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, **kwargs):
+        # CarRacing's arguments as CarRacing takes them: gymnasium's EzPickle replays them positionally when an
+        # environment is pickled or deep-copied
+        super().__init__(*args, **kwargs)
         self._canvas = None
         self._frame = None
         self._car_parts = None

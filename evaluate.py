@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,8 @@ def _pid_action(env, state: dict, p: dict) -> int:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progress=None) -> dict:
+    """`episodes` full episodes of `agent` from `seed` into a table row; `progress(label, episode, return)`
+    after each."""
     cfg = agent.cfg if lenient else agent.cfg.for_evaluation()
     env = envs.make_env(cfg)
     frames_per_step = cfg.frame_skip if len(env.observation_space.shape) == 3 else 1  # one unit for every method
@@ -199,7 +202,7 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
             returns.append(ret)
             lengths.append(length * frames_per_step)
             if progress is not None:
-                progress.update(1)
+                progress(agent.label, i + 1, ret)
     finally:
         env.close()
     r = np.array(returns)
@@ -256,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
                    help="checkpoint or pretrained/*.pt file")
     p.add_argument("--baseline", action="append", default=[], choices=["random", "pid"], help="baseline method")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per method (default 50)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per method (default 50; with only --gif, "
+                   "--plot or --export asked for, no table is played unless --episodes is given)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
     p.add_argument("--env-id", default=None, help="environment for baselines (default CarRacing-v3); checkpoints "
                    "must have been trained on it")
@@ -281,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     one_line_cli_errors(parser, "evaluate.py")
     try:
         args = parser.parse_args(argv)
-        if args.episodes < 1:
+        if args.episodes is not None and args.episodes < 1:
             raise ConfigError("--episodes must be at least 1")
+        if args.episodes is None and (args.gif or args.plot or args.export) and not args.push_to_hub:
+            args.no_table = True  # an output alone is just that output: a table only when --episodes asks for one
+        args.episodes = args.episodes or 50
         if not (args.run or args.checkpoint or args.baseline) and contract.launcher_config():
             # started by `python run.py evaluate.py`: the configured run
             args.run = [str(load_config(contract.launcher_config()).run_dir(ROOT))]
@@ -342,15 +349,24 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = []
         total = args.episodes * len(agents)
+        started = time.monotonic()
         with tqdm(total=total, unit="episode", disable=not sys.stderr.isatty()) as bar:
+            def progress(label: str, episode: int, ret: float) -> None:
+                """Each episode: the bar on a terminal, else one line (a long table is never silent)."""
+                if bar.disable:
+                    print(f"episode {episode}/{args.episodes} {label}: return {ret:.2f} "
+                          f"({time.monotonic() - started:.0f} s)", flush=True)
+                bar.update(1)
+
             for agent in agents:
-                rows.append(evaluate_agent(agent, args.episodes, args.seed, args.lenient, bar))
+                rows.append(evaluate_agent(agent, args.episodes, args.seed, args.lenient, progress))
         table = markdown_table(rows)
         print(table, end="")
         out = Path(args.out) if args.out else (run_dirs[0] if len(run_dirs) == 1 else
                                                 (agents[0].run_dir or ROOT / "runs" / "evaluation"))
+        replaced = (out / "evaluation.md").exists()
         md, csv_path = write_table(rows, out)
-        print(f"written: {md} {csv_path}")
+        print(f"written: {md} {csv_path}" + (" (replacing the previous table there)" if replaced else ""))
         if args.push_to_hub:
             row = rows[0]
             weights = checkpoints.weights_only(checkpoints.read_for_user(agents[0].source), evaluation={

@@ -254,8 +254,11 @@ class Supervisor:
                 env = dict(self.env, PYTHONUNBUFFERED="1",
                            **contract.bout_environment(budget, bout_id, os.getpid(), self.config_path, new_run,
                                                        self.lock_fd))
-                say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
-                    f"({left:.0f} s of train_max_time left)")
+                if self.is_train:
+                    say(f"bout {bout}: {Path(self.cmd_base[-1]).name} for at most {budget:.0f} s "
+                        f"({left:.0f} s of train_max_time left)")
+                else:
+                    say(f"running {Path(self.cmd_base[-1]).name}" + (f" (attempt {bout})" if bout > 1 else ""))
                 t0 = time.monotonic()
                 self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                                               pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
@@ -275,7 +278,7 @@ class Supervisor:
                 if rc == 0:
                     quick_crashes = 0
                     if not this_bout and not self.is_train:
-                        say(f"{Path(self.cmd_base[-1]).name} exited 0 without a status.json; done")
+                        say(f"{Path(self.cmd_base[-1]).name} finished")
                         return 0
                     continue
                 if rc == 2:
@@ -311,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the run is finished. A killed machine picks the run up on the next start.",
         epilog="Examples:\n  python run.py                      train with conf.json (copied from conf.json.example if missing)\n"
                "  python run.py --forcenewrun        start the run from scratch\n"
-               "  python run.py --forceconfig --config '{\"architecture\": \"ann\"}'   the defaults but an ANN\n"
+               "  python run.py --forceconfig --config '{\"name\": \"carracing-ann\", \"architecture\": \"ann\"}'   "
+               "the defaults but an ANN, in a run of its own\n"
                "  python run.py evaluate.py          evaluate the configured run's newest checkpoint\n"
                "  python run.py evaluate.py -- --best --episodes 10   arguments after -- go to the script\n\n"
                "train.py gets --config PATH [--new-run]; any other script gets the resolved config's path in\n"

@@ -465,3 +465,18 @@ def test_evaluation_config_has_no_training_aids():
     assert not isinstance(env, (envs.SkipPenalty, envs.LenientTermination))
     with pytest.raises(ConfigError, match="skip_penalty"):
         load_config({"env_id": "CartPole-v1", "skip_penalty": 1.0})
+
+
+def test_fast_carracing_pickles_and_copies_like_the_stock_env():
+    """gymnasium's EzPickle replays the constructor's arguments positionally (its test_pickle_env)."""
+    import copy
+    import pickle
+
+    env = envs.FastCarRacing(continuous=False, lap_complete_percent=0.9)
+    for clone in (pickle.loads(pickle.dumps(env)), copy.deepcopy(env)):
+        assert type(clone) is envs.FastCarRacing and clone.continuous is False and clone.lap_complete_percent == 0.9
+        a, b = env.reset(seed=7)[0], clone.reset(seed=7)[0]
+        assert np.array_equal(a, b)
+        for _ in range(5):
+            ra, rb = env.step(3), clone.step(3)
+            assert np.array_equal(ra[0], rb[0]) and ra[1:4] == rb[1:4]

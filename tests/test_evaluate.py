@@ -322,3 +322,24 @@ def test_runs_compared_at_equal_training_time_without_the_pause_between_bouts(tm
     assert png.stat().st_size > 0
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_each_episode_is_reported_and_a_replaced_table_is_said(cartpole_run, tmp_path, capsys):
+    out_dir = tmp_path / "table"
+    assert evaluate.main(["--run", str(cartpole_run), "--episodes", "3", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("episode ")]
+    assert [ln.split(":")[0] for ln in lines] == [f"episode {i}/3 ANN-DDQN (ev)" for i in (1, 2, 3)]
+    assert "replacing" not in out
+    assert evaluate.main(["--run", str(cartpole_run), "--episodes", "3", "--out", str(out_dir)]) == 0
+    assert "(replacing the previous table there)" in capsys.readouterr().out
+
+
+def test_an_output_alone_plays_no_table_unless_episodes_are_asked_for(cartpole_run, tmp_path, capsys):
+    gif = tmp_path / "drive.gif"
+    assert evaluate.main(["--run", str(cartpole_run), "--gif", str(gif), "--out", str(tmp_path / "t1")]) == 0
+    out = capsys.readouterr().out
+    assert gif.exists() and "| method |" not in out and not (tmp_path / "t1" / "evaluation.md").exists()
+    assert evaluate.main(["--run", str(cartpole_run), "--gif", str(gif), "--episodes", "2",
+                          "--out", str(tmp_path / "t2")]) == 0
+    assert "| method |" in capsys.readouterr().out and (tmp_path / "t2" / "evaluation.md").exists()

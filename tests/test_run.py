@@ -531,3 +531,15 @@ def test_env_parser_matches_dotenv_rules():
     import io
 
     assert {k: v or "" for k, v in dotenv.dotenv_values(stream=io.StringIO(text)).items()} == parsed
+
+
+def test_another_script_is_said_as_a_script_and_the_help_examples_do_not_collide(project):
+    (project / "other.py").write_text("print('other ran')\n")
+    out = launch(project, "other.py")
+    assert out.returncode == 0, out.stderr
+    assert "running other.py" in out.stdout and "other.py finished" in out.stdout and "other ran" in out.stdout
+    assert "bout 1" not in out.stdout and "status.json" not in out.stdout
+    # run.py --help's --forceconfig example trains a run of its own, not over the default run's checkpoint
+    helptext = launch(project, "--help").stdout
+    examples = [json.loads(m) for m in re.findall(r"--config '(\{.*?\})'", helptext)]
+    assert examples and all(e.get("name") not in (None, "carracing") for e in examples)

@@ -544,13 +544,33 @@ def test_progress_bar_with_budget_and_eta_and_lines_never_glued(tmp_path):
                           env={**os.environ, bout.FORCE_BAR_ENV: "1", "COLUMNS": "160"})
     assert proc.returncode == 0, proc.stderr
     segments = [seg for line in proc.stdout.split("\n") for seg in line.split("\r")]
-    assert any("filling replay" in seg for seg in segments) and any(seg.startswith("training") for seg in segments)
+    assert any(re.match(r"filling replay \d+/100", seg) for seg in segments)  # the share of learning_starts
+    assert any(seg.startswith("training") for seg in segments) and not any(": :" in seg for seg in segments)
     assert any("/300" in seg and "<" in seg for seg in segments)  # the budget and the ETA
     for seg in segments:
         for word in ("checkpoint path=", "eval ", "finished reason="):
             if word in seg:
                 assert seg.startswith(word.split()[0]), f"glued to the bar: {seg!r}"
     assert any(seg.startswith("run folder: ") and "tensorboard --logdir" in seg for seg in segments)
+
+
+def test_without_a_step_budget_the_bar_is_the_bouts_time_and_reads_cleanly(tmp_path):
+    cfg = tiny(tmp_path, total_steps=0, max_episodes=12, learning_starts=60)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--new-run"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, bout.FORCE_BAR_ENV: "1", "COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stderr
+    segments = [seg for line in proc.stdout.split("\n") for seg in line.split("\r")]
+    assert any("s of this bout" in seg for seg in segments) and not any(": :" in seg for seg in segments)
+
+
+def test_a_terminal_of_zero_columns_gets_the_progress_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bout, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(bout, "_columns", lambda: 0)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert train.main(["--config", str(tiny(tmp_path, total_steps=120, learning_starts=60)), "--new-run"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("progress ")]
+    assert any("phase=filling_replay" in ln and re.search(r"fill=\d+/60", ln) for ln in lines)
 
 
 def test_progress_lines_without_a_terminal_carry_time_and_loss(tmp_path, monkeypatch, capsys):
