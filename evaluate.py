@@ -335,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             publish.check_repo_id(args.push_to_hub, "--push-to-hub")
             if not agents or agents[0].source is None or args.no_table:
                 raise ConfigError("--push-to-hub needs one --checkpoint or --run to evaluate (and no --no-table)")
+            publish.require_write_token()  # before any episode: the push comes last
+            if args.episodes < publish.FEW_EPISODES:
+                print(f"warning: publishing a mean over {args.episodes} episode(s): the card says it is no reliable "
+                      "mean; --episodes 50 gives one others can compare", file=sys.stderr)
             if not args.gif:
                 args.gif = str(publish.temporary_gif())
         if args.gif:

@@ -50,6 +50,24 @@ def client():
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def unreachable(repo_id: str, filename: str, token: str | None, timeout: float = 10.0) -> str | None:
+    """Why the Hub cannot be reached for `filename` of `repo_id` (one quick request, no retries), or None when
+    it answered (whatever it answered: a missing file is the download's error to report)."""
+    import requests
+
+    url = f"{endpoint().rstrip('/')}/{repo_id}/resolve/main/{filename}"
+    try:
+        response = requests.head(url, timeout=timeout, allow_redirects=False,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    except requests.RequestException as e:
+        return type(e).__name__
+    return f"HTTP {response.status_code}" if response.status_code >= 500 else None
+
+
 class HubMirror:
     def __init__(self, env: dict[str, str], run_name: str, run_dir: Path, keep_checkpoints: int = 3,
                  local_backup: bool = True, log: Callable[[str], None] = print, retry_base: float = 2.0,

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import checkpoints
+import envfile
 import hub
 from config import ConfigError
 
@@ -39,15 +40,49 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}" + (f", HTTP {status}" if status else "")
 
 
-def download_agent(spec: str, what: str = "--checkpoint hf://") -> Path:
-    """`hf://owner/name` -> the local path of its weights file (downloaded to the Hub cache; when the Hub
-    cannot be reached, huggingface_hub answers with the cached copy if there is one). `what` names the
-    option or config key in errors."""
+def download_agent(spec: str, what: str = "--checkpoint hf://", log=print) -> Path:
+    """`hf://owner/name` -> the local path of its weights file, downloaded to the Hub cache. When the Hub cannot
+    be reached the cached copy serves, and `log` says so; without one, a one-line ConfigError naming the Hub.
+    `what` names the option or config key in errors."""
+    from huggingface_hub import try_to_load_from_cache
+
     repo_id = check_repo_id(spec[len(HF_PREFIX):], what)
+    token = hub.hub_environment().get("huggingface_read") or None
+    unreachable = hub.unreachable(repo_id, WEIGHTS_NAME, token)
+    if unreachable:
+        cached = try_to_load_from_cache(repo_id, WEIGHTS_NAME)
+        if isinstance(cached, str):
+            log(f"note: the Hub at {hub.endpoint()} cannot be reached ({unreachable}); using the cached copy of "
+                f"{repo_id}")
+            return Path(cached)
+        raise ConfigError(f"the Hub at {hub.endpoint()} cannot be reached ({unreachable}) and no copy of {repo_id} "
+                          "is cached here; try again when the network is back")
     try:
-        return Path(hub.client().hf_hub_download(repo_id, WEIGHTS_NAME, token=hub.hub_environment().get("huggingface_read") or None))
+        return Path(hub.client().hf_hub_download(repo_id, WEIGHTS_NAME, token=token))
     except Exception as e:
         raise ConfigError(f"cannot download {WEIGHTS_NAME} from {repo_id} ({_describe(e)})") from None
+
+
+def require_write_token() -> str:
+    """The write token of .env, checked before anything is evaluated (a push comes last)."""
+    token = hub.hub_environment().get("huggingface_write")
+    if not token:
+        raise ConfigError("--push-to-hub needs huggingface_write in .env (a token with write access)")
+    return token
+
+
+FEW_EPISODES = 10  # a card's mean over fewer episodes carries a warning
+
+
+def project_url() -> str | None:
+    """The toolkit's repository as this checkout knows it: code_base_link of .env when it names one on GitHub or
+    by https (owner/repo means GitHub); None otherwise (a card then names the toolkit without a link)."""
+    link = envfile.load_env(Path(__file__).resolve().parent / ".env").get("code_base_link", "").strip()
+    if re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", link):
+        return f"https://github.com/{link.removesuffix('.git')}"
+    if link.startswith("https://") and "@" not in link:  # never a link with credentials in it
+        return link.removesuffix(".git")
+    return None
 
 
 def model_card(repo_id: str, weights: dict, row: dict, episodes: int, seed: int) -> str:
@@ -75,16 +110,22 @@ def model_card(repo_id: str, weights: dict, row: dict, episodes: int, seed: int)
         eval_results=[EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning",
                                  dataset_type=cfg["env_id"], dataset_name=cfg["env_id"], metric_type="mean_reward",
                                  metric_name="mean_reward", metric_value=f"{row['average']:.2f} +/- {row['std']:.2f}")])
+    played = (f"{episodes} full greedy episodes on seeds {seed}–{seed + episodes - 1}" if episodes > 1
+              else f"1 full greedy episode on seed {seed}")
+    few = (f" **{episodes} episode{'s' if episodes > 1 else ''} make{'' if episodes > 1 else 's'} no reliable mean**: "
+           f"evaluate with `--episodes 50` before comparing." if episodes < FEW_EPISODES else "")
+    link = project_url()
+    project = f"[snn-ddqn]({link})" if link else "the snn-ddqn toolkit"
     body = f"""
 # {name}
 
 A Double-DQN agent for **{cfg['env_id']}** (discrete actions) whose Q-network is {detail}, trained with
-[snn-ddqn](https://github.com/) (`python run.py`).
+{project} (`python run.py`).
 
 ## Evaluation
 
-{episodes} full greedy episodes on seeds {seed}–{seed + episodes - 1}: mean **{row['average']:.2f} ± {row['std']:.2f}**
-(min {row['min']:.2f}, max {row['max']:.2f}, win rate {row['win_rate']:.0%} at ≥ {cfg['win_threshold']:g}).
+{played}: mean **{row['average']:.2f} ± {row['std']:.2f}**
+(min {row['min']:.2f}, max {row['max']:.2f}, win rate {row['win_rate']:.0%} at ≥ {cfg['win_threshold']:g}).{few}
 Trained for {frames_text}. ![replay]({GIF_NAME})
 
 ## How it was trained
@@ -124,9 +165,7 @@ def push(repo_id: str, weights: dict, row: dict, episodes: int, seed: int, gif: 
     import torch
     from huggingface_hub import CommitOperationAdd
 
-    token = hub.hub_environment().get("huggingface_write")
-    if not token:
-        raise ConfigError("--push-to-hub needs huggingface_write in .env (a token with write access)")
+    token = require_write_token()
     buf = io.BytesIO()
     torch.save(weights, buf)
     ops = [CommitOperationAdd(path_in_repo="README.md",

@@ -399,3 +399,53 @@ def test_a_published_agent_starts_or_teaches_a_new_run(server, tmp_path, capsys,
     assert train.main(["--config", str(malformed), "--new-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config key 'teacher': hf:// needs a Hub repo id like owner/name" in err[0]
+
+
+def test_push_checks_its_token_first_and_a_short_evaluation_says_so(server, tmp_path, capsys, monkeypatch):
+    import evaluate
+
+    cfg = config(tmp_path, total_steps=120, upload_to_cloud=False)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = str(max((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt")))
+    capsys.readouterr()
+    monkeypatch.setenv("huggingface_write", "")
+    assert evaluate.main(["--checkpoint", ckpt, "--episodes", "3", "--push-to-hub", "tester/nope",
+                          "--out", str(tmp_path / "t0")]) == 2
+    out, err = capsys.readouterr()
+    assert "needs huggingface_write" in err and "episode 1/" not in out and not (tmp_path / "t0").exists()
+    monkeypatch.setenv("huggingface_write", WRITE)
+    assert evaluate.main(["--checkpoint", ckpt, "--episodes", "1", "--push-to-hub", "tester/one",
+                          "--out", str(tmp_path / "t1")]) == 0
+    assert "publishing a mean over 1 episode(s)" in capsys.readouterr().err
+    card = server.repos["tester/one"].files["README.md"].decode()
+    assert "1 full greedy episode on seed 0" in card and "no reliable mean" in card and "seeds 0–0" not in card
+    assert "https://github.com/)" not in card  # no placeholder link
+
+
+def test_an_unreachable_hub_is_one_line_or_the_cached_copy_said(server, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    import evaluate
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    cfg = config(tmp_path, total_steps=120, upload_to_cloud=False)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    ckpt = str(max((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt")))
+    assert evaluate.main(["--checkpoint", ckpt, "--episodes", "1", "--push-to-hub", "tester/agent",
+                          "--out", str(tmp_path / "t")]) == 0
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    capsys.readouterr()
+    started = time.monotonic()
+    assert evaluate.main(["--checkpoint", "hf://tester/never-downloaded", "--episodes", "1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the Hub at http://127.0.0.1:9 cannot be reached" in line and "no copy of tester/never-downloaded" in line
+    assert time.monotonic() - started < 15  # one quick question, not the client's retries
+    assert evaluate.main(["--checkpoint", "hf://tester/agent", "--episodes", "1", "--out", str(tmp_path / "u")]) == 2
+    capsys.readouterr()  # never downloaded here either: the push does not fill the cache
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    assert evaluate.main(["--checkpoint", "hf://tester/agent", "--episodes", "1", "--out", str(tmp_path / "v")]) == 0
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", "hf://tester/agent", "--episodes", "1", "--out", str(tmp_path / "w")]) == 0
+    note = [ln for ln in capsys.readouterr().out.splitlines() if "cannot be reached" in ln]
+    assert len(note) == 1 and "using the cached copy of tester/agent" in note[0]
