@@ -318,10 +318,14 @@ def evaluation_returns(cfg, act, seeds) -> list[float]:
         env.close()
 
 
+GIF_LABEL_BAND = 12  # pixels above a GIF's two halves that name them
+
+
 def record_gif(cfg, policy, path, seed: int = 0, fps: int = 20, max_steps: int = 2_000) -> tuple[float, int]:
     """Play one episode with `policy(env) -> act(obs)` and save it as an animated GIF: the agent's
-    view (its newest preprocessed frame) beside the full-resolution render. Returns (return, steps)."""
-    from PIL import Image
+    view (its newest preprocessed frame) beside the full-resolution render, each named in a band above.
+    Returns (return, steps)."""
+    from PIL import Image, ImageDraw
 
     env = make_env(cfg, render_mode="rgb_array")
     frames: list = []
@@ -336,11 +340,14 @@ def record_gif(cfg, policy, path, seed: int = 0, fps: int = 20, max_steps: int =
         full_img = Image.fromarray(full)
         h = full_img.height // 2
         full_img = full_img.resize((full_img.width // 2, h))
-        if view.ndim >= 2:
+        if view.ndim >= 2:  # a band of labels above the two halves
             agent = Image.fromarray(view.astype(np.uint8)).convert("RGB").resize((h, h), Image.NEAREST)
-            canvas = Image.new("RGB", (h + full_img.width, h))
-            canvas.paste(agent, (0, 0))
-            canvas.paste(full_img, (h, 0))
+            canvas = Image.new("RGB", (h + full_img.width, h + GIF_LABEL_BAND))
+            canvas.paste(agent, (0, GIF_LABEL_BAND))
+            canvas.paste(full_img, (h, GIF_LABEL_BAND))
+            draw = ImageDraw.Draw(canvas)
+            draw.text((2, 1), f"agent's view {view.shape[1]}x{view.shape[0]}", fill=(255, 255, 255))
+            draw.text((h + 2, 1), "environment frame", fill=(255, 255, 255))
         else:
             canvas = full_img
         frames.append(canvas.convert("P", palette=Image.ADAPTIVE))

@@ -212,10 +212,14 @@ def training_figure(runs: Mapping[str, str | os.PathLike], win_threshold: float 
             continue
         ep = m["episode"]
         line, = ax_ret.plot(ep, m["return"], alpha=0.25)
-        ax_ret.plot(ep, rolling_mean(m["return"]), color=line.get_color(), label=f"{label} (100-ep mean)")
+        # the two measure different things: training episodes are ε-greedy and end early without progress
+        # (lenient termination), evaluations are greedy full episodes on held-out tracks
+        ax_ret.plot(ep, rolling_mean(m["return"]), color=line.get_color(),
+                    label=f"{label} training (ε-greedy, lenient ends; 100-ep mean)")
         ev = [(e, r) for e, r in zip(ep, m.get("eval_return", [])) if not math.isnan(r)]
         if ev:
-            ax_ret.plot(*zip(*ev), "o", color=line.get_color(), markersize=3, label=f"{label} eval")
+            ax_ret.plot(*zip(*ev), "o", color=line.get_color(), markersize=3,
+                        label=f"{label} held-out eval (greedy, full episodes)")
         ax_eps.plot(ep, m["epsilon"], label=label)
         skip = [(e, v) for e, v in zip(ep, m.get("skipped_tiles", [])) if not math.isnan(v)]
         if skip:

@@ -97,20 +97,44 @@ def install_commands(interpreter: str, requirements: Path, missing: list[str], c
     return commands + [[*pip, "-r", str(requirements)]]
 
 
+PIP_LOG = "pip-install.log"  # in the checkout (git-ignored): pip's whole output, the launcher says one line
+
+
 def ensure_requirements(interpreter: str, requirements: Path) -> None:
+    """Install what requirements.txt asks for and the interpreter lacks, quietly (pip's output goes to PIP_LOG).
+    Torch from PyTorch's CPU index where there is no CUDA, from PyPI when that index cannot be reached."""
     if not requirements.is_file():
         return
     missing = missing_requirements(interpreter, requirements)
     if not missing:
         return
+    log_path = ROOT / PIP_LOG
     say(f"installing requirements ({len(missing)} missing: {', '.join(m.split('@')[0].strip() for m in missing)}) "
-        f"with {interpreter} -m pip")
-    for cmd in install_commands(interpreter, requirements, missing, has_cuda()):
-        if TORCH_CPU_INDEX in cmd:
-            say("no CUDA on this machine: installing the CPU build of torch from " + TORCH_CPU_INDEX)
-        proc = subprocess.run(cmd, cwd=ROOT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {proc.returncode}); see pip's output above")
+        f"with {interpreter} -m pip; pip's output: {log_path}")
+    with open(log_path, "a", encoding="utf-8") as log:
+        for cmd in install_commands(interpreter, requirements, missing, has_cuda()):
+            cpu_index = TORCH_CPU_INDEX in cmd
+            if cpu_index:
+                say("no CUDA on this machine: installing the CPU build of torch from " + TORCH_CPU_INDEX)
+            rc, tail = _pip(cmd, log)
+            if rc != 0 and cpu_index and "externally-managed-environment" not in tail:
+                say(f"the CPU index could not be used (pip exit {rc}); installing torch from PyPI instead")
+                rc, tail = _pip(cmd[:cmd.index("--index-url")], log)
+            if "externally-managed-environment" in tail:
+                raise BadInput(f"{interpreter} refuses pip installs (an externally managed system Python): create a "
+                               "venv first: python3 -m venv .venv && . .venv/bin/activate, then run again")
+            if rc != 0:
+                raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {rc}); pip's output is in {log_path}")
+
+
+def _pip(cmd: list[str], log) -> tuple[int, str]:
+    """Run one pip command with its output appended to `log`; (exit code, the end of its output)."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log.write(proc.stdout)
+    log.flush()
+    return proc.returncode, proc.stdout[-4000:]
 
 
 # --------------------------------------------------------------------------- config
@@ -329,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forceconfig", action="store_true", help="ignore conf.json and use --config instead")
     p.add_argument("--config", metavar="JSON", help="the whole config as a JSON object (needs --forceconfig)")
     p.add_argument("--no-sync", action="store_true", help="skip the git sync even if code_base_link is set")
+    p.add_argument("--install-only", action="store_true", help="install what requirements.txt asks for and the "
+                   "interpreter lacks (CPU torch where there is no CUDA), then exit: no sync, no training")
     p.add_argument("--restart-delay", type=float, default=10.0, metavar="S",
                    help="first back-off after a crashed bout, doubled per crash in a row (default 10)")
     p.add_argument("--max-crashes", type=int, default=3, metavar="N",
@@ -359,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
 
         env = envfile.load_env(ROOT / ".env")
         interpreter = envfile.training_interpreter(env, ROOT)
+        if args.install_only:
+            try:
+                ensure_requirements(interpreter, ROOT / "requirements.txt")
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                warn(f"dependency check: {e}")
+                return 1
+            say(f"requirements met for {interpreter}")
+            return 0
         trains = Path(args.script).name == "train.py"
         # a run has one launcher: its lock comes before the code sync and before anything of the run is
         # written (with the schema of the code here; the synced one may know a key this one does not)

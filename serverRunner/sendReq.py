@@ -91,7 +91,8 @@ def start_and_run(entry: dict) -> str:
         from lightning_sdk import Machine, Studio
         from lightning_sdk.status import Status
     except ImportError:
-        raise Failed("lightning-sdk is not installed: pip install lightning-sdk") from None
+        raise Failed(f"lightning-sdk is not installed for {sys.executable}: pip install lightning-sdk there, or give "
+                     "the scheduler an interpreter that has it (--python PATH or PYTHON=PATH)") from None
     import logging
 
     # the SDK sets urllib3's logger to WARNING with its own handler on import: one line per failure, not a

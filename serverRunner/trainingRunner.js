@@ -219,7 +219,8 @@ class Runner {
         clearTimeout(term);
         this.children.delete(child);
         this.failures++;
-        this.log(`start studio=${studio.name} outcome=failed reason="cannot run ${this.opts.python}: ${e.code}"`);
+        this.log(`start studio=${studio.name} outcome=failed reason="cannot run ${this.opts.python}: ${e.code}; ` +
+          'give an interpreter that has lightning-sdk with --python PATH or PYTHON=PATH"');
         resolve();
       });
       child.on('close', (code, signal) => {

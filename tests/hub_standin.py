@@ -1,5 +1,9 @@
 """A local HTTP stand-in for the Hugging Face Hub endpoints huggingface_hub 2.x uses here.
 
+    python tests/hub_standin.py [PORT]    # serve on 127.0.0.1:PORT (default: a free port) until Ctrl-C
+
+then point the toolkit at it with HF_ENDPOINT (docs/training.md, "Trying publishing locally").
+
 Started by the tests and reached through HF_ENDPOINT, so the real client code runs: create repo,
 preupload (every file "regular": contents travel base64 inside the commit), NDJSON commit with
 additions and deletions, tree listing, repo info, HEAD/GET resolve, README metadata validation. Errors carry `X-Error-Code`
@@ -31,7 +35,7 @@ class Repo:
 
 
 class HubStandIn:
-    def __init__(self, write_tokens=("hf_write_good",), read_tokens=("hf_read_good",)):
+    def __init__(self, write_tokens=("hf_write_good",), read_tokens=("hf_read_good",), port: int = 0):
         self.write_tokens = set(write_tokens)
         self.read_tokens = set(read_tokens) | self.write_tokens
         self.repos: dict[str, Repo] = {}
@@ -39,7 +43,7 @@ class HubStandIn:
         self.bodies: list[bytes] = []  # every request body received (secret scans)
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -220,3 +224,31 @@ class HubStandIn:
                 self._route("POST")
 
         return Handler
+
+
+def main(argv: list[str]) -> int:
+    import signal
+    import sys
+
+    if len(argv) > 1 or (argv and not argv[0].isdigit()):
+        print("usage: python tests/hub_standin.py [PORT]", file=sys.stderr)
+        return 2
+    hub = HubStandIn(port=int(argv[0]) if argv else 0)
+    print(f"Hub stand-in at {hub.url} (in memory; Ctrl-C stops it). In another shell:\n"
+          f"  export HF_ENDPOINT={hub.url} huggingface_write=hf_write_good huggingface_read=hf_read_good\n"
+          "  python evaluate.py --checkpoint pretrained/snn_hybrid_ddqn.pt --episodes 1 --push-to-hub you/agent\n"
+          "  python evaluate.py --checkpoint hf://you/agent --episodes 1", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        hub.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

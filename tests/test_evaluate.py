@@ -84,8 +84,26 @@ def test_gif_is_an_animation_with_every_step(cartpole_run, tmp_path, capsys):
 def test_carracing_gif_shows_agent_view_beside_render(tmp_path):
     cfg = load_config({"obs_size": 48})
     ret, steps = __import__("envs").record_gif(cfg, lambda env: (lambda obs: 3), tmp_path / "c.gif", max_steps=5)
+    band = __import__("envs").GIF_LABEL_BAND
     with Image.open(tmp_path / "c.gif") as im:
-        assert im.n_frames == 6 and im.size == (200 + 300, 200)  # driving: every frame differs
+        assert im.n_frames == 6 and im.size == (200 + 300, 200 + band)  # driving: every frame differs
+        frame = np.asarray(im.convert("RGB"))
+    # the band names both halves: white text over black on the left (agent's view) and on the right
+    for left, right in ((0, 200), (200, 500)):
+        text = frame[:band, left:right]
+        assert (text.max(axis=2) > 200).sum() > 20 and (text.max(axis=2) < 30).sum() > text.shape[0] * text.shape[1] // 2
+
+
+def test_the_training_plot_says_what_each_return_measures(tmp_path):
+    import metrics
+
+    rows = "episode,global_step,return,length,epsilon,win,loss,sps,wall_time,eval_return\n" + "".join(
+        f"{i},{10 * i},{50 + i},10,0.5,0,0.1,1,0,{-90 if i % 5 == 0 else ''}\n" for i in range(1, 21))
+    (tmp_path / "metrics.csv").write_text(rows)
+    fig = metrics.training_figure({"run": tmp_path / "metrics.csv"}, 900)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("training (ε-greedy, lenient ends" in lb for lb in labels)
+    assert any("held-out eval (greedy, full episodes)" in lb for lb in labels)
 
 
 def test_plot_of_training_curves(cartpole_run, tmp_path, capsys):

@@ -449,3 +449,22 @@ def test_an_unreachable_hub_is_one_line_or_the_cached_copy_said(server, tmp_path
     assert evaluate.main(["--checkpoint", "hf://tester/agent", "--episodes", "1", "--out", str(tmp_path / "w")]) == 0
     note = [ln for ln in capsys.readouterr().out.splitlines() if "cannot be reached" in ln]
     assert len(note) == 1 and "using the cached copy of tester/agent" in note[0]
+
+
+def test_the_hub_stand_in_runs_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "hub_standin.py")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        first = proc.stdout.readline()
+        url = first.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and "export HF_ENDPOINT=" in proc.stdout.readline()
+        api = __import__("huggingface_hub").HfApi(endpoint=url)
+        api.create_repo("you/agent", token=WRITE, exist_ok=True)
+        api.upload_file(path_or_fileobj=b"hello", path_in_repo="x.txt", repo_id="you/agent", token=WRITE)
+        assert [f for f in api.list_repo_files("you/agent", token=READ)] == ["x.txt"]
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0

@@ -488,6 +488,60 @@ def test_dependency_check_installs_only_what_is_missing(project, tmp_path):
     assert again.returncode == 0 and "installing requirements" not in again.stdout
 
 
+FAKE_PIP = """#!/bin/bash
+# a Python whose pip behaves as FAKE_PIP says; everything else is the real interpreter
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+  echo "$*" >> "$FAKE_PIP_CALLS"
+  echo "some pip chatter"
+  case "$FAKE_PIP" in
+    managed) echo "error: externally-managed-environment"; exit 1;;
+    noindex) for a in "$@"; do [ "$a" = "--index-url" ] && { echo "ERROR: could not connect"; exit 1; }; done; exit 0;;
+  esac
+  exit 0
+fi
+exec PYTHON "$@"
+"""
+
+
+def fake_python(tmp_path: Path) -> Path:
+    path = tmp_path / "fakepython"
+    path.write_text(FAKE_PIP.replace("PYTHON", sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def test_an_unreachable_cpu_index_falls_back_to_pypi_and_pip_is_quiet(project, tmp_path):
+    (project / "requirements.txt").write_text("torch>=999\n")  # missing: the launcher installs it
+    (project / ".env").write_text(f"python_venv_path={fake_python(tmp_path)}\n")
+    calls = tmp_path / "calls.txt"
+    out = launch(project, *forced(name="deps"), env={"FAKE_PIP": "noindex", "FAKE_PIP_CALLS": str(calls)})
+    assert out.returncode == 0, out.stderr
+    made = calls.read_text().splitlines()
+    assert "--index-url" in made[0] and "--index-url" not in made[1] and "torch>=999" in made[1]
+    assert "installing torch from PyPI instead" in out.stdout
+    assert "some pip chatter" not in out.stdout + out.stderr and "some pip chatter" in (project / "pip-install.log").read_text()
+    assert "pip's output: " in out.stdout
+
+
+def test_install_only_installs_and_trains_nothing(project, tmp_path):
+    (project / "requirements.txt").write_text("torch>=999\n")
+    (project / ".env").write_text(f"python_venv_path={fake_python(tmp_path)}\n")
+    calls = tmp_path / "calls.txt"
+    out = launch(project, "--install-only", env={"FAKE_PIP": "ok", "FAKE_PIP_CALLS": str(calls)})
+    assert out.returncode == 0, out.stderr
+    assert "requirements met for" in out.stdout and not (project / "runs").exists()
+    assert any("torch>=999" in line for line in calls.read_text().splitlines())
+
+
+def test_an_externally_managed_python_is_told_to_use_a_venv(project, tmp_path):
+    (project / "requirements.txt").write_text("snndqn_absent_dep\n")
+    (project / ".env").write_text(f"python_venv_path={fake_python(tmp_path)}\n")
+    out = launch(project, *forced(name="deps"), env={"FAKE_PIP": "managed", "FAKE_PIP_CALLS": str(tmp_path / "c")})
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "python3 -m venv .venv && . .venv/bin/activate" in line and "Traceback" not in line
+
+
 def test_dependency_check_finds_nothing_missing_in_this_environment():
     # every line of the real requirements.txt (versions, extras, markers) is satisfied here
     sys.path.insert(0, str(REPO))

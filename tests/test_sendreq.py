@@ -205,3 +205,15 @@ def test_failures_are_exit_1_in_one_line(lightning, tmp_path, case, expect):
     assert len(lines) == 1 and expect in lines[0], r.stderr
     assert standin.commands == [] and standin.started == []
     assert "SECRETKEY" not in r.stdout + r.stderr
+
+
+def test_an_interpreter_without_lightning_sdk_is_told_how_to_choose_another(tmp_path):
+    (tmp_path / "lightning_sdk.py").write_text("raise ImportError('not here')\n")  # as if it were not installed
+    env = {"PYTHONPATH": str(tmp_path), "STUDIO_USER": "alice", "STUDIO_API_KEY": ENTRY["apiKey"],
+           "STUDIO_USER_ID": ENTRY["userID"], "STUDIO_TEAMSPACE": "ts", "STUDIO_NAME": "s1",
+           "STUDIO_COMMAND": "python run.py", "HOME": str(tmp_path)}
+    r = call(["--from-env"], env)
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert "lightning-sdk is not installed for" in line and "--python PATH or PYTHON=PATH" in line
+    assert "SECRET" not in r.stdout + r.stderr

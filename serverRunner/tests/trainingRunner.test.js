@@ -101,6 +101,16 @@ test('a failed start is logged and makes the exit code 1', () => {
   assert.strictEqual((r.stdout.match(/outcome=failed exit=3/g) || []).length, 2);
 });
 
+test('an interpreter that cannot be run is named with how to choose another', () => {
+  const ctx = setup({ studio_1: studio(1) });
+  const r = spawnSync(process.execPath, [RUNNER, '--studios', ctx.file, '--helper', ctx.helper, '--python',
+    path.join(ctx.dir, 'no-such-python'), '--rounds', '1', '--batch-delay', '0'],
+  { env: { ...process.env, RECORD_FILE: ctx.record }, encoding: 'utf8', timeout: 60000 });
+  assert.strictEqual(r.status, 1);
+  assert.match(r.stdout + r.stderr, /cannot run .*no-such-python: ENOENT; give an interpreter that has lightning-sdk with --python PATH or PYTHON=PATH/);
+  assert.ok(!(r.stdout + r.stderr).includes('SECRET'));
+});
+
 test('bad studios.json: one line naming the entry and field, exit 2', () => {
   const cases = [
     ['{"studio_1": {', /not valid JSON/],
