@@ -21,7 +21,9 @@ from utils import kv_line
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)  # exit 2, no restart loop
 PROGRESS_EVERY_S = 10.0
 FORCE_BAR_ENV = "SNNDQN_PROGRESS_BAR"  # "1": the tqdm bar even when stdout is not a terminal (tests, tee)
-HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long
+HUB_FINAL_WAIT_S = 120.0  # the end-of-bout push waits at most this long (a finished run)
+HUB_STOP_WAIT_S = 10.0  # ... after a stop signal: the checkpoint is safe on disk, the next bout pushes it
+HUB_RESERVE = (0.1, 30.0)  # a bout's share (at most this many s) kept at its end for the final push
 
 
 _BAR = None  # the progress bar on screen, if any: log lines are printed above it
@@ -53,7 +55,8 @@ class Bout:
 
     def run(self) -> int:
         t, cfg = self.t, self.t.cfg
-        deadline = time.monotonic() + self.seconds
+        deadline = time.monotonic() + self.seconds  # the bout's end, its final checkpoint and push included
+        reserve = min(HUB_RESERVE[0] * self.seconds, HUB_RESERVE[1]) if t.hub is not None else 0.0
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
             signal.signal(s, self._on_signal)
         log(kv_line("start", run=cfg.run_name, architecture=cfg.architecture,
@@ -78,7 +81,7 @@ class Bout:
                 if self.stop_signal is not None:
                     reason = f"interrupted by {signal.Signals(self.stop_signal).name}"
                     break
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline - reserve:
                     reason = f"bout time budget of {self.seconds:.0f} s reached"
                     break
                 t.step(sps)
@@ -101,8 +104,9 @@ class Bout:
                     episode=t.state.episode))
         t.metrics.close()
         t.vec.close()
-        if t.hub is not None:
-            t.hub.finish(HUB_FINAL_WAIT_S)
+        if t.hub is not None:  # within the bout: a stop or the launcher's deadline must not wait on the Hub
+            t.hub.finish(HUB_STOP_WAIT_S if self.stop_signal is not None else
+                         HUB_FINAL_WAIT_S if finished else max(1.0, deadline - time.monotonic()))
         return 0
 
     def _disk_failure(self, e: OSError) -> None:

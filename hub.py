@@ -161,6 +161,9 @@ class HubMirror:
                 self._push_once()
                 return
             except Exception as e:  # classify: wrong token, or a network problem worth retrying
+                self._remote_ckpts = None  # what the Hub holds is read anew before the next try
+                if isinstance(e, FileNotFoundError):  # a file pruned while its upload was pending: a newer
+                    return  # checkpoint's push is already asked for
                 status = self._status(e)
                 if status in (401, 403):
                     self.uploads_enabled = False

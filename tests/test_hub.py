@@ -468,3 +468,60 @@ def test_the_hub_stand_in_runs_from_the_command_line(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_a_checkpoint_deleted_on_the_hub_out_of_band_does_not_stop_the_mirror(server, tmp_path, capsys,
+                                                                              monkeypatch):
+    """A failed push reads the Hub's state anew: a stale list once made every later push fail (404)."""
+    monkeypatch.setattr(hub.HubMirror, "__init__", _fast_retry(hub.HubMirror.__init__))
+    original, deleted = hub.HubMirror._push_once, []
+
+    def push_then_someone_deletes(self):
+        original(self)
+        if not deleted:  # after the bout's first push, a checkpoint vanishes from the Hub
+            files = server.repos["tester/runs"].files
+            deleted.append(next(p for p in sorted(files) if "/checkpoints/ckpt_" in p))
+            del files[deleted[0]]
+
+    monkeypatch.setattr(hub.HubMirror, "_push_once", push_then_someone_deletes)
+    cfg = config(tmp_path, total_steps=400, checkpoint_every=2, keep_checkpoints=2)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    out = capsys.readouterr().out
+    assert deleted and out.count("push failed") <= 1
+    local = sorted(p.name for p in (run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
+    remote = sorted(Path(p).name for p in remote_files(server) if "/checkpoints/ckpt_" in p)
+    assert remote == local
+
+
+@pytest.mark.parametrize("stop", ["signal", "bout"])
+def test_a_stop_while_the_hub_is_down_ends_cleanly_within_its_time(server, tmp_path, stop):
+    """The launcher's SIGTERM, or a short bout's end, with the Hub answering 503: the trainer checkpoints,
+    gives the push a bounded wait and exits 0 before the launcher would kill it (it once took 60-150 s and
+    ended in SIGKILL and exit 1)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_CARTPOLE
+
+    server.down = True
+    keys = {**TINY_CARTPOLE, "name": f"down-{stop}", "runs_dir": str(tmp_path / "runs"), "upload_to_cloud": True,
+            "continue_run": False, "total_steps": 10**7, "checkpoint_every": 2,
+            "max_run_time": 600 if stop == "signal" else 8, "train_max_time": 600 if stop == "signal" else 8}
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--no-sync", "--forceconfig", "--config",
+                             json.dumps(keys)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    t0 = time.monotonic()
+    if stop == "signal":
+        while "checkpoint path=" not in proc.stdout.readline():
+            assert time.monotonic() - t0 < 60 and proc.poll() is None
+        t1 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - (t1 if stop == "signal" else t0)
+    assert proc.returncode == 0, out
+    assert "killing it" not in out and "crash" not in out
+    assert took < (25 if stop == "signal" else 30), (took, out)
+    assert (tmp_path / "runs" / f"down-{stop}" / "checkpoints").is_dir()  # the run is safe on disk
