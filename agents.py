@@ -26,6 +26,9 @@ def user_path(spec: str, root: Path) -> Path:
 def build_network(ckpt: dict, device: str = "auto", path: Path | str = "the file"):
     """(config, Q-network in eval mode on its device) of a checkpoint or weights-only file, built with
     the config it was trained with (keys it predates as it was trained)."""
+    missing = [k for k in ("config", "obs_shape", "n_actions", "q_network") if k not in ckpt]
+    if missing:
+        raise ConfigError(f"{path} is not an agent file or checkpoint of this toolkit (it lacks {', '.join(missing)})")
     cfg = load_config({**as_trained(ckpt["config"]), "device": device})
     with torch.random.fork_rng(devices=[]):  # its random initialisation is overwritten: leave the seeded RNG alone
         net = models.build_q_network(cfg, ckpt["obs_shape"], ckpt["n_actions"])

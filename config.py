@@ -444,9 +444,18 @@ def one_line_cli_errors(parser, prog: str) -> None:
 
 
 def parse_json(text: str, origin: str = "JSON") -> Any:
-    """json.loads with a one-line ConfigError that gives the line and column."""
+    """json.loads with a one-line ConfigError that gives the line and column; a key given twice in one object
+    is refused (JSON would keep the last silently)."""
+    def no_duplicates(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ConfigError(f"{origin} gives key {json.dumps(key)} twice; keep one")
+            seen[key] = value
+        return seen
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{origin} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 

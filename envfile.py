@@ -67,13 +67,22 @@ def _closing_quote(body: str, quote: str) -> int:
 
 
 def load_env(path: Path) -> dict[str, str]:
-    if not path.is_file():
+    """The keys of `.env` ({} without one); a file that cannot be read as text is a one-line ConfigError."""
+    if not path.exists():
         return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8 (KEY=value lines)") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}); it should be a file of KEY=value lines") from None
     try:
         from dotenv import dotenv_values  # type: ignore
     except ImportError:
-        return parse_env_text(path.read_text(encoding="utf-8"))
-    return {k: (v or "") for k, v in dotenv_values(path).items()}
+        return parse_env_text(text)
+    import io
+
+    return {k: (v or "") for k, v in dotenv_values(stream=io.StringIO(text)).items()}
 
 
 # --------------------------------------------------------------------------- .env values
@@ -121,6 +130,22 @@ def sync_timeout(env: Mapping[str, str]) -> float:
     if not seconds > 0:
         raise ConfigError(f"code_sync_timeout in .env must be a number of seconds > 0, got {value!r}")
     return seconds
+
+
+def check_interpreter(interpreter: str) -> str:
+    """`interpreter` runs Python code (python_venv_path may name any program): ConfigError otherwise."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([interpreter, "-c", "import sys; print(sys.version_info[0])"], capture_output=True,
+                              text=True, timeout=60)
+        ok = proc.returncode == 0 and proc.stdout.strip() == "3"
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        raise ConfigError(f"python_venv_path in .env: {interpreter} is not a Python 3 interpreter (it did not run "
+                          "`-c 'import sys'`); point it at a venv or a python3")
+    return interpreter
 
 
 def training_interpreter(env: Mapping[str, str], root: Path) -> str:

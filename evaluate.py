@@ -287,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.episodes is not None and args.episodes < 1:
             raise ConfigError("--episodes must be at least 1")
+        if not 0 <= args.seed <= 2**31 - 1 - 10_000:
+            raise ConfigError(f"--seed must be a track seed >= 0, got {args.seed}")
+        if args.export and Path(args.export).is_dir():
+            raise ConfigError(f"--export {args.export} is a folder; give a file name such as pretrained/mine.pt")
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} is a file; give a folder for evaluation.md and evaluation.csv")
         if args.episodes is None and (args.gif or args.plot or args.export) and not args.push_to_hub:
             args.no_table = True  # an output alone is just that output: a table only when --episodes asks for one
         args.episodes = args.episodes or 50
@@ -295,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             args.run = [str(load_config(contract.launcher_config()).run_dir(ROOT))]
         if not (args.run or args.checkpoint or args.baseline):
             raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
-        for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export)):
-            if target:
+        for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export),
+                               ("--out", args.out and str(Path(args.out) / "evaluation.md"))):
+            if target:  # every output is checked before the first episode
                 check_writable(Path(target), option)
         agents: list[Agent] = []
         run_dirs = []
@@ -317,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.baseline:
             agents.append(random_agent(base_cfg, args.seed) if name == "random" else pid_agent(base_cfg))
 
+        out = Path(args.out) if args.out else (run_dirs[0] if len(run_dirs) == 1 else
+                                                (agents[0].run_dir or ROOT / "runs" / "evaluation"))
+        if not args.no_table:  # the table's folder too, before the first episode
+            check_writable(out / "evaluation.md", "--out" if args.out else "the table's folder")
         if args.export:
             # the runs' files as just resolved (not looked up again); an hf:// spec is no local file and fails
             sources = [a.source for a in agents[:len(args.run)]] + [Path(c) for c in args.checkpoint]
@@ -366,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(evaluate_agent(agent, args.episodes, args.seed, args.lenient, progress))
         table = markdown_table(rows)
         print(table, end="")
-        out = Path(args.out) if args.out else (run_dirs[0] if len(run_dirs) == 1 else
-                                                (agents[0].run_dir or ROOT / "runs" / "evaluation"))
         replaced = (out / "evaluation.md").exists()
         md, csv_path = write_table(rows, out)
         print(f"written: {md} {csv_path}" + (" (replacing the previous table there)" if replaced else ""))

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from config import ConfigError
 from utils import atomic_write_bytes
 
 
@@ -39,12 +40,19 @@ class MetricsLog:
                 self.writer = None
         self.wandb = start_wandb(cfg, Path(run_dir)) if cfg is not None and cfg.wandb_project else None
 
+    def _text(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.path} is not UTF-8 text (damaged?); move it aside, then run again (the run "
+                              "continues from its checkpoint with a new metrics.csv)") from None
+
     def widen_header(self) -> None:
         """A metrics.csv written before columns were added (resumed by newer code) gets today's header;
         its old rows stay as they are, their missing trailing cells read as empty."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
-        text = self.path.read_text(encoding="utf-8")
+        text = self._text()
         header, sep, rest = text.partition("\n")
         old = header.strip().split(",")
         if old != METRIC_FIELDS and old == METRIC_FIELDS[:len(old)]:
@@ -56,7 +64,7 @@ class MetricsLog:
         lost: they go, with the header, to `archive_dir/metrics_cut.csv`. Returns {rows, path} or None."""
         if not self.path.exists():
             return None
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        lines = self._text().splitlines()
         if len(lines) <= episodes + 1:
             return None
         archive_dir.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,10 @@ met) are `preflight.py`, run as a script by that interpreter. See `python run.py
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -35,6 +37,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the ter
 TRAINING_MODULES = ("config", "envfile", "utils", "contract", "agents", "metrics", "checkpoints", "replay", "hub",
                     "models", "carracing_fast", "envs", "train", "evaluate")
 PREFLIGHT = ROOT / "preflight.py"  # run as a script by the training interpreter
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+               errno.ENOENT, errno.EISDIR)  # a runs_dir that is a file, under /proc, read-only, full ...
 ALLOCATOR_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
@@ -179,7 +183,13 @@ def _read_conf_json() -> dict:
             raise config.ConfigError("conf.json is missing and there is no conf.json.example to copy; create conf.json")
         shutil.copyfile(example, conf)
         say("conf.json was missing: copied conf.json.example to conf.json (edit it to change the run)")
-    raw = config.parse_json(conf.read_text(encoding="utf-8"), "conf.json")
+    try:
+        text = conf.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise config.ConfigError("conf.json is not UTF-8 text; save it as UTF-8 JSON") from None
+    except OSError as e:
+        raise config.ConfigError(f"conf.json cannot be read ({e.strerror}); it should be a JSON file") from None
+    raw = config.parse_json(text, "conf.json")
     if not isinstance(raw, dict):
         raise config.ConfigError("conf.json must be a JSON object of keys")
     return raw
@@ -380,11 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(own)
         if args.forceconfig != (args.config is not None):
             raise BadInput("--forceconfig and --config go together: use --forceconfig --config '<json>'")
-        if args.max_crashes < 1 or args.restart_delay < 0 or args.kill_grace < 0 or args.quick_crash < 0:
-            raise BadInput("--max-crashes must be >= 1 and the time options >= 0")
+        if args.max_crashes < 1:
+            raise BadInput("--max-crashes must be >= 1")
+        for option, value in (("--restart-delay", args.restart_delay), ("--kill-grace", args.kill_grace),
+                              ("--quick-crash", args.quick_crash)):
+            if not (math.isfinite(value) and value >= 0):
+                raise BadInput(f"{option} must be a finite number of seconds >= 0, got {value}")
 
         env = envfile.load_env(ROOT / ".env")
         interpreter = envfile.training_interpreter(env, ROOT)
+        if interpreter != sys.executable:
+            envfile.check_interpreter(interpreter)
         if args.install_only:
             try:
                 ensure_requirements(interpreter, ROOT / "requirements.txt")
@@ -460,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
                 config_path.unlink(missing_ok=True)
     except (BadInput, config.ConfigError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the run folder (or the checkout) cannot be written: say so, do not restart
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"run.py: error: {e.filename or 'the disk'}: {e.strerror}; check runs_dir (a writable folder), free disk "
+              "space, then run again", file=sys.stderr)
         return 2
 
 

@@ -369,12 +369,17 @@ def check_memory(cfg, obs_shape, n_actions: int, device: torch.device) -> None:
     params = models.parameter_count(cfg, obs_shape, n_actions)
     image = len(obs_shape) == 3
     replay = ReplayBuffer.bytes_needed(cfg.replay_size, obs_shape, cfg.frame_stack if image else 1, 1 if image else 4)
-    networks = 5 * 4 * params if device.type == "cpu" else 0  # float32 x 5 copies
+    # float32: online, target, gradients and Adam's two moments; and what an update holds of the hidden layers'
+    # activations for its backward pass (the batch's, and for an SNN over its time steps; the input batch twice)
+    steps = cfg.snn_tSteps if cfg.architecture == "snn" else 1
+    activations = 4 * 3 * cfg.batch * sum(cfg.hidden_layers) * steps
+    networks = (5 * 4 * params + activations) if device.type == "cpu" else 0
     available = utils.available_memory()
     if available is not None and replay + networks > available:
         raise ConfigError(f"the replay ({replay / 2**30:.2f} GiB, replay_size {cfg.replay_size}) and the networks "
-                          f"({networks / 2**30:.2f} GiB, hidden_layers {cfg.hidden_layers}) need more memory than "
-                          f"the {available / 2**30:.2f} GiB available; lower replay_size or hidden_layers")
+                          f"with an update's activations ({networks / 2**30:.2f} GiB, hidden_layers "
+                          f"{cfg.hidden_layers}, batch {cfg.batch}) need more memory than the "
+                          f"{available / 2**30:.2f} GiB available; lower replay_size, hidden_layers or batch")
 
 
 def make_actor(cfg, vec, obs_shape: tuple, device: torch.device):

@@ -35,6 +35,17 @@ class Failed(Exception):
     pass
 
 
+def _no_duplicates(pairs):
+    """A JSON object whose keys are unique (as trainingRunner.js checks the same file): a second entry or
+    field of the same name would be dropped silently."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise BadInput(f"studios.json gives {json.dumps(key)} twice; keep one")
+        seen[key] = value
+    return seen
+
+
 def load_entry(args) -> tuple[str, dict]:
     if args.from_env:
         entry = {k: os.environ.get(v, "") for k, v in FROM_ENV.items()}
@@ -46,11 +57,15 @@ def load_entry(args) -> tuple[str, dict]:
         return name, entry
     path = Path(args.studios)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
     except FileNotFoundError:
         raise BadInput(f"{path} does not exist; copy studios.json.example to studios.json and fill it in") from None
     except json.JSONDecodeError as e:
         raise BadInput(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path} is not UTF-8 text; it should be a JSON file of studio entries") from None
+    except OSError as e:
+        raise BadInput(f"{path} cannot be read ({e.strerror}); it should be a JSON file of studio entries") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path} must be an object of entries like \"studio_1\": {{...}}")
     if args.entry not in data:
@@ -136,6 +151,33 @@ def start_and_run(entry: dict) -> str:
     return f"studio {where}{started}: command accepted, running detached; output in {LOG_PATH} there"
 
 
+NETWORK_TIMEOUT_S = 60.0  # one network call (a server that accepts and never answers)
+TOTAL_TIMEOUT_ENV = "SENDREQ_TIMEOUT"  # seconds for the whole start (default 600); the scheduler's --kill-after aside
+
+
+def bounded(fn, *args):
+    """`fn(*args)` with every socket bounded (NETWORK_TIMEOUT_S, where the SDK sets none) and the whole call
+    bounded by SENDREQ_TIMEOUT: a server that never answers is one line and exit 1, not a hang."""
+    import signal
+    import socket
+
+    total = float(os.environ.get(TOTAL_TIMEOUT_ENV) or 600)
+    socket.setdefaulttimeout(min(NETWORK_TIMEOUT_S, total))
+
+    def expired(_signum, _frame):  # the SDK retries what it catches: end the process, one line first
+        print(f"sendReq.py: no answer from {os.environ.get('LIGHTNING_CLOUD_URL') or 'Lightning'} within {total:g} s "
+              f"({TOTAL_TIMEOUT_ENV}); try again later", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, total)
+    try:
+        return fn(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _unreachable(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}"
     return any(k in text for k in ("failed to reach the server", "Max retries exceeded", "NewConnectionError",
@@ -172,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_command:
             print(detached(entry["commandToRun"]))
             return 0
-        print(_mask(f"{name}: {start_and_run(entry)}", secrets), flush=True)
+        print(_mask(f"{name}: {bounded(start_and_run, entry)}", secrets), flush=True)
         return 0
     except BadInput as e:
         print(_mask(f"sendReq.py: error: {e}", secrets), file=sys.stderr)

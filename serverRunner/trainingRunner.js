@@ -45,6 +45,20 @@ function usage() {
   return lines.join('\n');
 }
 
+// Node fires a timer of more than 2^31 - 1 ms at once (TimeoutOverflowWarning): longer waits are chained.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function longTimeout(fn, ms) {
+  const handle = { timer: null };
+  const step = (left) => {
+    handle.timer = setTimeout(left > MAX_TIMER_MS ? () => step(left - MAX_TIMER_MS) : fn, Math.min(left, MAX_TIMER_MS));
+  };
+  step(ms);
+  return handle;
+}
+
+function clearLong(handle) { clearTimeout(handle.timer); }
+
 function parseArgs(argv, env) {
   const opts = { dryRun: false, help: false };
   for (const [name, o] of Object.entries(OPTIONS)) opts[name] = env[o.env] !== undefined && env[o.env] !== '' ? env[o.env] : o.def;
@@ -61,7 +75,9 @@ function parseArgs(argv, env) {
   for (const [name, o] of Object.entries(OPTIONS)) {
     if (!o.num) continue;
     const n = Number(opts[name]);
-    if (!Number.isFinite(n) || n < 0) throw new BadInput(`--${name} must be a number >= 0, got ${JSON.stringify(opts[name])}`);
+    if (String(opts[name]).trim() === '' || !Number.isFinite(n) || n < 0) {  // Number('') is 0: refuse, not 0
+      throw new BadInput(`--${name} must be a number >= 0, got ${JSON.stringify(opts[name])}`);
+    }
     if (o.int && !Number.isInteger(n)) {
       throw new BadInput(`--${name} (or ${o.env}) must be a whole number, got ${JSON.stringify(opts[name])}`);
     }
@@ -183,9 +199,9 @@ class Runner {
 
   later(seconds, fn) {
     return new Promise((resolve) => {
-      const t = setTimeout(() => { this.timers.delete(t); resolve(this.stopped ? undefined : fn()); }, seconds * 1000);
+      const t = longTimeout(() => { this.timers.delete(t); resolve(this.stopped ? undefined : fn()); }, seconds * 1000);
       this.timers.add(t);
-      this.wake = () => { clearTimeout(t); this.timers.delete(t); resolve(); };
+      this.wake = () => { clearLong(t); this.timers.delete(t); resolve(); };
     });
   }
 
@@ -208,7 +224,7 @@ class Runner {
       const prefix = (chunk) => chunk.toString().split(/\r?\n/).filter((l) => l.length).forEach((l) => this.log(`[${studio.name}] ${l}`));
       child.stdout.on('data', prefix);
       child.stderr.on('data', prefix);
-      const term = setTimeout(() => {
+      const term = longTimeout(() => {
         killed = true;
         this.log(`[${studio.name}] helper still running after ${this.opts['kill-after']} s: SIGTERM`);
         child.kill('SIGTERM');
@@ -216,7 +232,7 @@ class Runner {
         hard.unref();
       }, this.opts['kill-after'] * 1000);
       child.on('error', (e) => {
-        clearTimeout(term);
+        clearLong(term);
         this.children.delete(child);
         this.failures++;
         this.log(`start studio=${studio.name} outcome=failed reason="cannot run ${this.opts.python}: ${e.code}; ` +
@@ -224,7 +240,7 @@ class Runner {
         resolve();
       });
       child.on('close', (code, signal) => {
-        clearTimeout(term);
+        clearLong(term);
         this.children.delete(child);
         const outcome = killed ? 'killed' : code === 0 ? 'started' : 'failed';
         if (outcome !== 'started') this.failures++;
@@ -257,7 +273,7 @@ class Runner {
 
   stop(signal) {
     this.stopped = true;
-    for (const t of this.timers) clearTimeout(t);
+    for (const t of this.timers) clearLong(t);
     this.timers.clear();
     if (this.wake) this.wake();
     this.log(`${signal}: stopping the plan and the ${this.children.size} helper(s) it started`);

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -161,6 +162,24 @@ def test_bad_input_exit_2(args, message, capsys):
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_bad_outputs_and_seeds_are_one_line_before_any_episode(cartpole_run, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    (tmp_path / "a-dir").mkdir()
+    not_an_agent = tmp_path / "plain.pt"
+    torch.save({"config": {"architecture": "ann"}, "q_network": {}}, not_an_agent)
+    for args, message in ((["--seed", "-1"], "--seed must be a track seed >= 0"),
+                          (["--out", str(a_file)], "is a file; give a folder"),
+                          (["--out", "/proc/snn-ddqn-table"], "cannot write there"),
+                          (["--export", str(tmp_path / "a-dir")], "is a folder; give a file name"),
+                          (["--checkpoint", str(not_an_agent)], "is not an agent file or checkpoint")):
+        first = [] if "--checkpoint" in args else ["--run", str(cartpole_run)]
+        assert evaluate.main([*first, *args, "--episodes", "2"]) == 2, args
+        out, err = capsys.readouterr()
+        (line,) = err.strip().splitlines()
+        assert message in line and "episode 1/" not in out, (args, line)
 
 
 def test_an_unwritable_output_path_is_one_line_before_any_episode(cartpole_run, tmp_path, capsys):

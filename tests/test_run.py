@@ -342,6 +342,16 @@ BAD_INPUTS = [
     ("args", ["--bogus-flag"], "unrecognized arguments"),
     ("env", "python_venv_path=/no/such/python\n", "python_venv_path"),
     ("env_conf", ("repo_ID=\n", '{"upload_to_cloud": true}'), "lacks repo_ID"),
+    ("conf", '{"batch": 32, "batch": 8}', 'gives key "batch" twice'),
+    ("conf_bytes", b'{"batch": "\xff\xfe"}', "conf.json is not UTF-8 text"),
+    ("conf_dir", None, "conf.json cannot be read"),
+    ("env_bytes", b"session_name=\xff\xfe\n", "is not UTF-8 text"),
+    ("env", "python_venv_path=/bin/false\n", "/bin/false is not a Python 3 interpreter"),
+    ("args", ["--kill-grace", "nan"], "--kill-grace must be a finite number"),
+    ("args", ["--quick-crash", "nan"], "--quick-crash must be a finite number"),
+    ("args", ["--restart-delay", "inf"], "--restart-delay must be a finite number"),
+    ("conf", '{"runs_dir": "RUNS_FILE"}', "Not a directory"),
+    ("conf", '{"runs_dir": "/proc/snn-ddqn-runs"}', "/proc/snn-ddqn-runs"),
 ]
 
 
@@ -350,8 +360,15 @@ def test_bad_input_is_one_line_exit_2(project, kind, value, expect):
     (project / "runs" / "keep").mkdir(parents=True)
     (project / "runs" / "keep" / "metrics.csv").write_text("episode\n1\n")
     args: list[str] = []
+    (project / "a_file").write_text("not a folder")
     if kind == "conf":
-        (project / "conf.json").write_text(value)
+        (project / "conf.json").write_text(value.replace("RUNS_FILE", str(project / "a_file" / "runs")))
+    elif kind == "conf_bytes":
+        (project / "conf.json").write_bytes(value)
+    elif kind == "conf_dir":
+        (project / "conf.json").mkdir()
+    elif kind == "env_bytes":
+        (project / ".env").write_bytes(value)
     elif kind == "args":
         args = value
     elif kind == "env":

@@ -32,10 +32,18 @@ def call(args, env=None):
     (json.dumps({"studio_1": {**ENTRY, "machine": 3}}), "studio_1", "field 'machine'"),
     (json.dumps({"studio_1": {**ENTRY, "apiKey": "your-lightning-api-key"}}), "studio_1",
      "field 'apiKey' is still the placeholder 'your-lightning-api-key'"),
+    ('{"studio_1": ' + json.dumps(ENTRY) + ', "studio_1": ' + json.dumps(ENTRY) + '}', "studio_1",
+     'gives "studio_1" twice'),
+    (b"\xff\xfe\x00garbage", "studio_1", "not UTF-8 text"),
+    ("DIRECTORY", "studio_1", "cannot be read"),
 ])
 def test_bad_input_exit_2(tmp_path, content, entry, message):
     path = tmp_path / "studios.json"
-    if content is not None:
+    if content == "DIRECTORY":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     r = call(["--studios", str(path), "--entry", entry])
     assert r.returncode == 2
@@ -217,3 +225,23 @@ def test_an_interpreter_without_lightning_sdk_is_told_how_to_choose_another(tmp_
     (line,) = r.stderr.strip().splitlines()
     assert "lightning-sdk is not installed for" in line and "--python PATH or PYTHON=PATH" in line
     assert "SECRET" not in r.stdout + r.stderr
+
+
+def test_a_server_that_never_answers_is_bounded(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts connections (the kernel's backlog) and never answers
+    try:
+        env = {"LIGHTNING_CLOUD_URL": f"http://127.0.0.1:{listener.getsockname()[1]}", "STUDIO_USER": "alice",
+               "STUDIO_API_KEY": ENTRY["apiKey"], "STUDIO_USER_ID": ENTRY["userID"], "STUDIO_TEAMSPACE": "ts",
+               "STUDIO_NAME": "s1", "STUDIO_COMMAND": "python run.py", "HOME": str(tmp_path), "SENDREQ_TIMEOUT": "3"}
+        t0 = time.monotonic()
+        r = call(["--from-env"], env)
+        took = time.monotonic() - t0
+    finally:
+        listener.close()
+    assert r.returncode == 1 and took < 60, (took, r.stderr)
+    (line,) = r.stderr.strip().splitlines()
+    assert "within 3 s" in line and "SECRET" not in r.stdout + r.stderr

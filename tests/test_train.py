@@ -328,7 +328,9 @@ def test_warns_when_the_replay_will_not_fit(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("keys, named", [({"replay_size": 10**11}, "replay_size"),
-                                         ({"hidden_layers": [200_000, 200_000]}, "hidden_layers")])
+                                         ({"hidden_layers": [200_000, 200_000]}, "hidden_layers"),
+                                         # few parameters, but an update's activations would not fit
+                                         ({"hidden_layers": [100_000_000], "batch": 64}, "batch 64")])
 def test_a_config_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, capsys, keys, named):
     cfg = tiny(tmp_path, total_steps=100)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
@@ -702,3 +704,15 @@ def test_a_finished_run_confirms_its_best_on_a_second_track_set(tmp_path, capsys
     winner = max(kept, key=lambda c: c["evaluation"]["combined_mean"])
     assert best["evaluation"] == winner["evaluation"] and best["trained"] == winner["trained"]
     assert out.count("confirm candidate=") == 2 and "best global_step=" in out
+
+
+def test_a_metrics_csv_that_is_not_text_is_one_line_and_nothing_is_touched(tmp_path, capsys):
+    cfg = tiny(tmp_path, total_steps=100)
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    (run_dir(cfg) / "metrics.csv").write_bytes(b"episode,global_step\n\xff\xfe\x00\n")
+    before = {p: p.read_bytes() for p in run_dir(cfg).rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train.main(["--config", str(tiny(tmp_path, total_steps=200))]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "metrics.csv is not UTF-8 text" in line and "move it aside" in line
+    assert {p: p.read_bytes() for p in run_dir(cfg).rglob("*") if p.is_file()} == before

@@ -196,3 +196,33 @@ test('SIGINT stops the plan and ends the helpers it started', async () => {
   assert.match(out, /outcome=killed|outcome=failed exit=SIGTERM/);
   assert.strictEqual(records(ctx).length, 1, 'no further studio started');
 });
+
+test('an empty delay is refused, not read as 0', () => {
+  const ctx = setup({ studio_1: studio(1) });
+  for (const args of [['--batch-delay='], ['--kill-after', ' ']]) {
+    const r = run(ctx, ['--dry-run', ...args]);
+    assert.strictEqual(r.status, 2, r.stderr);
+    assert.strictEqual(r.stderr.trim().split('\n').length, 1);
+    assert.match(r.stderr, /must be a number >= 0/);
+  }
+});
+
+test('a delay past Node\'s 24.8-day timer limit waits instead of firing at once', async () => {
+  const ctx = setup({ studio_1: studio(1), studio_2: studio(2) });
+  const child = spawn(process.execPath, [RUNNER, '--studios', ctx.file, '--helper', ctx.helper, '--python', 'python3',
+    '--batch-size', '1', '--batch-delay', '3000000', '--kill-after', '3000000', '--rounds', '1'],
+  { env: { ...process.env, RECORD_FILE: ctx.record } });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  const deadline = Date.now() + 20000;
+  while (!/outcome=started/.test(out)) {
+    assert.ok(Date.now() < deadline, `the first helper did not start: ${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 1500));  // the second batch is ~35 days away, not due now
+  child.kill('SIGINT');
+  await new Promise((resolve) => child.on('close', resolve));
+  assert.strictEqual(records(ctx).length, 1);
+  assert.doesNotMatch(out, /TimeoutOverflowWarning|outcome=killed/);
+});
