@@ -69,7 +69,7 @@ def load_entry(args) -> tuple[str, dict]:
     if not isinstance(data, dict):
         raise BadInput(f"{path} must be an object of entries like \"studio_1\": {{...}}")
     if args.entry not in data:
-        raise BadInput(f"{path} has no entry {args.entry!r} (entries: {', '.join(data) or 'none'})")
+        raise BadInput(f"{path} has no entry {args.entry!r} (entries: {', '.join(map(repr, data)) or 'none'})")
     entry = data[args.entry]
     if not isinstance(entry, dict):
         raise BadInput(f"{path}: entry {args.entry!r} must be an object")
