@@ -26,8 +26,10 @@ import numpy as np
 
 import checkpoints
 import contract
+import cost
 import envs
 import metrics
+import models
 import publish
 import utils
 from agents import build_network, read_agent
@@ -44,6 +46,7 @@ class Agent:
     run_dir: Path | None = None
     source: Path | None = None  # the checkpoint or weights file it was loaded from
     trained: dict | None = None  # its lineage's total (checkpoints.lineage_total); None for a baseline
+    net: object = None  # its Q-network (torch), whose decisions' cost the table reports; None for a baseline
 
 
 # --------------------------------------------------------------------------- agents
@@ -77,7 +80,7 @@ def load_agent(path: Path, device: str = "auto", label: str | None = None) -> Ag
     if spec.startswith(publish.HF_PREFIX):
         what = spec[len(publish.HF_PREFIX):]
     name = label or f"{cfg.architecture.upper()}-DDQN ({what})"
-    return Agent(name, cfg, lambda env: act, run_dir, path, checkpoints.lineage_total(checkpoints.lineage(ckpt)))
+    return Agent(name, cfg, lambda env: act, run_dir, path, checkpoints.lineage_total(checkpoints.lineage(ckpt)), net)
 
 
 def distinguish(agents: list[Agent]) -> None:
@@ -196,9 +199,10 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
     env = envs.make_env(cfg)
     frames_per_step = cfg.frame_skip if len(env.observation_space.shape) == 3 else 1  # one unit for every method
     returns, lengths = [], []
+    spikes = SpikeCounter(agent.net)  # the spiking layers' firing rates over every decision played
     try:
         for i in range(episodes):
-            ret, length = envs.play_episode(env, agent.policy(env), seed=seed + i)
+            ret, length = envs.play_episode(env, spikes.wrap(agent.policy(env)), seed=seed + i)
             returns.append(ret)
             lengths.append(length * frames_per_step)
             if progress is not None:
@@ -209,7 +213,35 @@ def evaluate_agent(agent: Agent, episodes: int, seed: int, lenient: bool, progre
     return {"method": agent.label, "average": float(r.mean()), "max": float(r.max()), "min": float(r.min()),
             "std": float(r.std()), "win_rate": float(np.mean(r >= cfg.win_threshold)),
             "mean_length": float(np.mean(lengths)), "episodes": episodes, "returns": returns,
-            "frames_trained": None if agent.trained is None else agent.trained["frames"], "baseline": agent.trained is None}
+            "frames_trained": None if agent.trained is None else agent.trained["frames"], "baseline": agent.trained is None,
+            "cost": None if agent.net is None else cost.decision_cost(agent.net, env.observation_space.shape,
+                                                                      spikes.rates())}
+
+
+class SpikeCounter:
+    """The mean firing rate of each spiking layer of `net` over the decisions of the policies it wraps
+    (nothing for an ANN or a baseline)."""
+
+    def __init__(self, net):
+        self.net = net if isinstance(net, models.SpikingQNetwork) else None
+        self.sums: dict[str, float] = {}
+        self.decisions = 0
+
+    def wrap(self, act):
+        if self.net is None:
+            return act
+
+        def counted(obs):
+            with models.record_firing_rates(self.net) as rates:
+                action = act(obs)
+            for layer, rate in rates.items():
+                self.sums[layer] = self.sums.get(layer, 0.0) + rate
+            self.decisions += 1
+            return action
+        return counted
+
+    def rates(self) -> dict[str, float]:
+        return {layer: total / self.decisions for layer, total in self.sums.items()} if self.decisions else {}
 
 
 def frames_text(row: dict) -> str:
@@ -220,12 +252,23 @@ def frames_text(row: dict) -> str:
     return "unknown" if frames is None else f"{frames / 1e6:.2f}M" if frames >= 1e6 else f"{frames:,}"
 
 
+def cost_cells(row: dict) -> list[str]:
+    """MACs and ACs per decision, the spiking layers' mean firing rate, the energy estimate (– where none)."""
+    c = row.get("cost")
+    if c is None:
+        return ["–"] * 4
+    return [f"{c['macs'] / 1e6:.2f}M", f"{c['acs'] / 1e6:.3f}M" if c["acs"] else "0",
+            "–" if c["firing_rate"] is None else f"{c['firing_rate']:.3f}", f"{c['energy_uj']:.1f}"]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| method | average | max | min | std | win rate | mean length (frames) | episodes | frames trained |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | average | max | min | std | win rate | mean length (frames) | episodes | frames trained "
+             "| MACs / decision | ACs / decision | firing rate | energy / decision (µJ, est.) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['average']:.2f} | {r['max']:.2f} | {r['min']:.2f} | {r['std']:.2f} | "
-                     f"{100 * r['win_rate']:.0f}% | {r['mean_length']:.1f} | {r['episodes']} | {frames_text(r)} |")
+                     f"{100 * r['win_rate']:.0f}% | {r['mean_length']:.1f} | {r['episodes']} | {frames_text(r)} | "
+                     + " | ".join(cost_cells(r)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,11 +282,13 @@ def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "average", "max", "min", "std", "win_rate", "mean_length_frames", "episodes",
-                "frames_trained", "returns"])
+                "frames_trained", "macs", "acs", "firing_rate", "energy_uj", "returns"])
     for r in rows:
+        c = r.get("cost") or {}
         w.writerow([r["method"], f"{r['average']:.4f}", f"{r['max']:.4f}", f"{r['min']:.4f}", f"{r['std']:.4f}",
                     f"{r['win_rate']:.4f}", f"{r['mean_length']:.2f}", r["episodes"],
                     "" if r.get("frames_trained") is None else r["frames_trained"],
+                    *("" if c.get(k) is None else f"{c[k]:.6g}" for k in ("macs", "acs", "firing_rate", "energy_uj")),
                     " ".join(f"{x:.2f}" for x in r["returns"])])
     utils.atomic_write_bytes(path, buf.getvalue().encode())
     return md, path

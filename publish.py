@@ -114,6 +114,13 @@ def model_card(repo_id: str, weights: dict, row: dict, episodes: int, seed: int)
               else f"1 full greedy episode on seed {seed}")
     few = (f" **{episodes} episode{'s' if episodes > 1 else ''} make{'' if episodes > 1 else 's'} no reliable mean**: "
            f"evaluate with `--episodes 50` before comparing." if episodes < FEW_EPISODES else "")
+    c = row.get("cost")
+    cost_text = "" if c is None else (
+        f"\nWhat a decision costs (measured on these episodes): {c['macs']:,.0f} multiply-accumulates and "
+        f"{c['acs']:,.0f} spike-triggered accumulates"
+        + ("" if c["firing_rate"] is None else f", the spiking layers firing at {c['firing_rate']:.3f} on average")
+        + f"; about {c['energy_uj']:.1f} µJ by the usual 45 nm estimate (4.6 pJ per 32-bit MAC, 0.9 pJ per AC, "
+          "Horowitz 2014; arithmetic only, no memory traffic).\n")
     link = project_url()
     project = f"[snn-ddqn]({link})" if link else "the snn-ddqn toolkit"
     body = f"""
@@ -127,6 +134,7 @@ A Double-DQN agent for **{cfg['env_id']}** (discrete actions) whose Q-network is
 {played}: mean **{row['average']:.2f} ± {row['std']:.2f}**
 (min {row['min']:.2f}, max {row['max']:.2f}, win rate {row['win_rate']:.0%} at ≥ {cfg['win_threshold']:g}).{few}
 Trained for {frames_text}. ![replay]({GIF_NAME})
+{cost_text}
 
 ## How it was trained
 

@@ -7,7 +7,7 @@ then point the toolkit at it with HF_ENDPOINT (docs/training.md, "Trying publish
 Started by the tests and reached through HF_ENDPOINT, so the real client code runs: create repo,
 preupload (every file "regular": contents travel base64 inside the commit), NDJSON commit with
 additions and deletions, tree listing, repo info, HEAD/GET resolve, README metadata validation. Errors carry `X-Error-Code`
-like the real Hub. `down = True` answers 503 to everything (an outage).
+like the real Hub. `down = True` answers 503 to everything (an outage), `fail_rate` a random share of requests.
 """
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ class HubStandIn:
         self.read_tokens = set(read_tokens) | self.write_tokens
         self.repos: dict[str, Repo] = {}
         self.down = False
+        self.fail_rate = 0.0  # the share of requests answered 503 at random (a flaky Hub; bench/soak.py)
+        self.failures = 0  # requests answered 503, down or flaky
+        self._random = __import__("random").Random(0)
         self.bodies: list[bytes] = []  # every request body received (secret scans)
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -111,7 +114,8 @@ class HubStandIn:
             def _route(self, method: str):
                 hub.requests.append((method, self.path))
                 body = self._body() if method == "POST" else b""
-                if hub.down:
+                if hub.down or (hub.fail_rate and hub._random.random() < hub.fail_rate):
+                    hub.failures += 1
                     return self._error(503, None, "Service Unavailable", head=method == "HEAD")
                 url = urlparse(self.path)
                 parts = [unquote(p) for p in url.path.strip("/").split("/")]

@@ -330,6 +330,7 @@ def test_push_an_agent_to_the_hub_and_load_it_back(server, tmp_path, capsys, mon
     assert "hf://tester/cartpole-agent" in card and "weights_only=True" in card
     # its lineage: one stage of 200 agent steps (CartPole: a frame each), in all
     assert "Trained for 200 frames (200 agent steps) in all" in card and "| 1 | hubrun | 200 | 200 | – | – |" in card
+    assert "What a decision costs" in card and "multiply-accumulates" in card and "µJ" in card
     weights = torch.load(io.BytesIO(files["agent.pt"]), weights_only=True)  # no pickled code needed
     assert weights["evaluation"]["episodes"] == 3 and "replay" not in weights and "optimizer" not in weights
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]  # the card's Python lines run as written
