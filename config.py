@@ -358,7 +358,7 @@ def _check_combinations(values: dict) -> None:
         raise ConfigError("config key 'conv_precision' applies to the ANN and hybrid SNN encoders; a full SNN's "
                           "convolutions are spiking layers: use \"float32\" with snn_mode \"full\"")
     if values["skip_penalty"] and values["env_id"] not in CARRACING_IDS:
-        raise ConfigError(f"config key 'skip_penalty' counts CarRacing track tiles; {values['env_id']} has none: "
+        raise ConfigError(f"config key 'skip_penalty' counts CarRacing track tiles; {values['env_id']!r} has none: "
                           "set it to 0")
     if not values["upload_to_cloud"] and not values["local_backup"]:
         raise ConfigError("config keys 'upload_to_cloud' and 'local_backup' are both false: checkpoints would be kept "
@@ -423,7 +423,7 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> 
             if not hint:
                 hint = [k for k in SCHEMA if k.lower() == str(name).lower()]
             extra = f"; did you mean '{hint[0]}'?" if hint else "; see the README for the list of keys"
-            raise ConfigError(f"unknown config key '{name}'{extra}")
+            raise ConfigError(f"unknown config key {name!r}{extra}")
         values[name] = _check_value(key, value)
     for name, key in SCHEMA.items():
         if name not in values:

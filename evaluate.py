@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             args.run = [str(load_config(contract.launcher_config()).run_dir(ROOT))]
         if not (args.run or args.checkpoint or args.baseline):
             raise ConfigError("nothing to evaluate: give --run, --checkpoint or --baseline")
+        if args.push_to_hub:  # its preconditions before anything is played or written
+            publish.check_repo_id(args.push_to_hub, "--push-to-hub")
+            publish.require_write_token()
         for option, target in (("--gif", args.gif), ("--plot", args.plot), ("--export", args.export),
                                ("--out", args.out and str(Path(args.out) / "evaluation.md"))):
             if target:  # every output is checked before the first episode
@@ -391,7 +394,6 @@ def main(argv: list[str] | None = None) -> int:
             publish.check_repo_id(args.push_to_hub, "--push-to-hub")
             if not agents or agents[0].source is None or args.no_table:
                 raise ConfigError("--push-to-hub needs one --checkpoint or --run to evaluate (and no --no-table)")
-            publish.require_write_token()  # before any episode: the push comes last
             if args.episodes < publish.FEW_EPISODES:
                 print(f"warning: publishing a mean over {args.episodes} episode(s): the card says it is no reliable "
                       "mean; --episodes 50 gives one others can compare", file=sys.stderr)

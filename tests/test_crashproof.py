@@ -260,7 +260,7 @@ def test_every_help_example_of_other_scripts_works(tmp_path):
     assert first.returncode == 0, first.stderr
     out = launch_here(*forced, "evaluate.py", "--", "--episodes", "2")
     assert out.returncode == 0, out.stderr
-    assert "ANN-DDQN (helpex)" in out.stdout and "done" in out.stdout  # one bout, then done
+    assert "ANN-DDQN (helpex)" in out.stdout and "evaluate.py finished" in out.stdout  # one run, then done
     assert (Path(cfg["runs_dir"]) / "helpex" / "evaluation.md").exists()
     best = launch_here(*forced, "evaluate.py", "--", "--best", "--episodes", "2")
     assert best.returncode == 0 and "ANN-DDQN (helpex, best)" in best.stdout, best.stderr
