@@ -93,7 +93,7 @@ def test_any_studios_json_is_an_entry_or_one_line(tmp_path_factory, data):
         assert name == "studio_1" and entry["apiKey"]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(configs, st.lists(st.sampled_from(["--kill-grace", "--quick-crash", "--restart-delay", "--max-crashes"]),
                          max_size=2), st.lists(st.sampled_from(["nan", "inf", "-1", "", "x", "0", "5"]), max_size=2))
 def test_the_launcher_answers_any_conf_and_options_with_a_run_or_one_line(tmp_path_factory, raw, options, values):

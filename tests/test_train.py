@@ -669,7 +669,7 @@ def test_status_json_follows_the_run_at_every_checkpoint(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(runfolder.RunFolder, "save", spy)
-    cfg = tiny(tmp_path, total_steps=300, checkpoint_every=3, eval_every=6, eval_episodes=1)
+    cfg = tiny(tmp_path, total_steps=200, checkpoint_every=3, eval_every=6, eval_episodes=1)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     assert len(seen) >= 4
     for step, status in seen:
@@ -677,7 +677,7 @@ def test_status_json_follows_the_run_at_every_checkpoint(tmp_path, monkeypatch):
         assert status["reason"] == "training" and status["finished"] is False and status["updated"]
     assert any(status["last_eval"] is not None and status["best_eval"] is not None for _, status in seen)
     final = contract.read_status(run_dir(cfg))
-    assert final["finished"] is True and final["global_step"] == 300 and final["episode"] == seen[-1][1]["episode"]
+    assert final["finished"] is True and final["global_step"] == 200 and final["episode"] == seen[-1][1]["episode"]
 
 
 def test_a_finished_run_confirms_its_best_on_a_second_track_set(tmp_path, capsys):
@@ -685,7 +685,7 @@ def test_a_finished_run_confirms_its_best_on_a_second_track_set(tmp_path, capsys
     import envs
     import heldout
 
-    cfg = tiny(tmp_path, total_steps=600, eval_every=3, eval_episodes=2, eval_candidates=2, eval_confirm_episodes=3)
+    cfg = tiny(tmp_path, total_steps=300, eval_every=3, eval_episodes=2, eval_candidates=2, eval_confirm_episodes=3)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     out = capsys.readouterr().out
     evals = sorted((float(ln.split(" mean=")[1].split()[0]) for ln in out.splitlines() if ln.startswith("eval ")),
