@@ -556,13 +556,12 @@ def test_progress_bar_with_budget_and_eta_and_lines_never_glued(tmp_path):
     assert any(seg.startswith("run folder: ") and "tensorboard --logdir" in seg for seg in segments)
 
 
-def test_without_a_step_budget_the_bar_is_the_bouts_time_and_reads_cleanly(tmp_path):
+def test_without_a_step_budget_the_bar_is_the_bouts_time_and_reads_cleanly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(bout.FORCE_BAR_ENV, "1")
+    monkeypatch.setenv("COLUMNS", "160")
     cfg = tiny(tmp_path, total_steps=0, max_episodes=12, learning_starts=60)
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--new-run"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, bout.FORCE_BAR_ENV: "1", "COLUMNS": "160"})
-    assert proc.returncode == 0, proc.stderr
-    segments = [seg for line in proc.stdout.split("\n") for seg in line.split("\r")]
+    assert train.main(["--config", str(cfg), "--new-run"]) == 0
+    segments = [seg for line in capsys.readouterr().out.split("\n") for seg in line.split("\r")]
     assert any("s of this bout" in seg for seg in segments) and not any(": :" in seg for seg in segments)
 
 
