@@ -2,27 +2,11 @@
 import json
 import time
 
-import pytest
-
 import fleet
 import train
 from conftest import write_config
-from hub_standin import HubStandIn, Repo
-
-WRITE, READ = "hf_write_good", "hf_read_good"
-
-
-@pytest.fixture
-def server(monkeypatch):
-    srv = HubStandIn(write_tokens=(WRITE,), read_tokens=(READ,)).start()
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("repo_ID", "tester/runs")
-    monkeypatch.setenv("session_name", "studio-a")
-    monkeypatch.setenv("huggingface_write", WRITE)
-    monkeypatch.setenv("huggingface_read", READ)
-    yield srv
-    srv.stop()
+from hub_standin import Repo
+from test_hub import server  # noqa: F401  (the Hub stand-in fixture, with .env's keys set)
 
 
 def stamp(seconds_ago: float) -> str:
