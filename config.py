@@ -181,9 +181,8 @@ def _keys() -> list[Key]:
 SCHEMA: dict[str, Key] = {k.name: k for k in _keys()}
 # The training aids, off: evaluations play the environment's own episodes and rewards.
 EVALUATION: dict[str, Any] = {"lenient_termination": 0, "skip_penalty": 0.0}
-# Stored configs (checkpoints, exported agents) written before a key existed were trained with these
-# values, where today's default differs: such a file plays as it was trained (a float32-trained policy
-# is not indifferent to a bfloat16 encoder, docs/tuning.md).
+# Stored configs (checkpoints, exported agents) written before a key existed were trained with these values,
+# where today's default differs: such a file plays as it was trained (docs/tuning.md#conv_precision).
 PREDATING: dict[str, Any] = {"conv_precision": "float32", "actor": "off", "encoder": "nature",
                               "epsilon_decay_steps": 0, "learning_rate_decay_steps": 0}
 
@@ -196,8 +195,7 @@ def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
 # Shape keys whose default changed, with the former default: a run (or an init_weights file) trained
 # with the former value continues with it while the config holds today's default — a conf.json that
 # leaves the key out, after run.py's git sync brought the new default, must not strand the run. Add a
-# key here in the commit that changes its default. None today: encoder's move to nips (19920c0) was
-# undone by the next commit on held-out evidence (docs/tuning.md).
+# key here in the commit that changes its default.
 FORMER_DEFAULTS: dict[str, Any] = {}
 # The same for the training recipe's keys (not shape keys): a run trained under the former defaults
 # (ε decayed per episode, a fixed learning rate, no skip penalty, no step budget) keeps them on resume
@@ -380,9 +378,8 @@ def overrides(items: list[str]) -> dict[str, Any]:
 
 
 def parse_bench_args(parser, argv: list[str] | None = None, what: str = "run") -> tuple[Any, dict[str, Any]]:
-    """A benchmark's command line with its repeatable `--set KEY=JSON` config keys (`overrides`): the
-    parsed arguments and the keys; a mistyped key or value is argparse's one-line error (exit 2) before
-    anything runs."""
+    """A benchmark's command line with its repeatable `--set KEY=JSON` config keys (`overrides`): (arguments,
+    keys); a mistyped key or value is argparse's one-line error (exit 2) before anything runs."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help=f'a config key for every measured {what}, e.g. --set conv_precision=\"bfloat16\" (repeatable)')
     args = parser.parse_args(argv)
@@ -463,12 +460,10 @@ def parse_json(text: str, origin: str = "JSON") -> Any:
 # --------------------------------------------------------------------------- the generated reference
 REFERENCE = "docs/config.md"
 
-
 def reference_markdown() -> str:
     """The config reference page (docs/config.md): every key, its default and its text, from SCHEMA."""
     def linked(doc: str) -> str:  # docs/x.md#y in a key's text: a link relative to docs/
         return re.sub(r"docs/([\w.-]+\.md(?:#[\w-]+)?)", r"[\1](\1)", doc)
-
     rows = "".join(f"| `{k.name}` | `{json.dumps(k.default)}` | {linked(k.doc)}{' (shape key)' if k.shape else ''} |\n"
                    for k in SCHEMA.values())
     return f"""# Config keys (`conf.json`)
@@ -484,8 +479,22 @@ parameter shapes: a resume or `init_weights` with another value is refused. Back
 {rows}"""
 
 
+def _main(argv: list[str]) -> int:
+    """`--reference` writes docs/config.md; `--check` turns a config's JSON on stdin into the resolved config's
+    JSON, or one line and exit 2 (the scheduler checks studios.json's `config` objects with it)."""
+    try:
+        if argv == ["--reference"]:
+            (Path(__file__).resolve().parent / REFERENCE).write_text(reference_markdown(), encoding="utf-8")
+            return 0
+        if argv == ["--check"]:
+            print(json.dumps(load_config(parse_json(sys.stdin.read(), "config")).to_dict()))
+            return 0
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print("usage: python config.py --reference | --check < config.json", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--reference"]:
-        sys.exit("usage: python config.py --reference    (writes docs/config.md from the schema)")
-    (Path(__file__).resolve().parent / REFERENCE).write_text(reference_markdown(), encoding="utf-8")
-    print(f"wrote {REFERENCE}")
+    sys.exit(_main(sys.argv[1:]))

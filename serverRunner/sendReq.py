@@ -23,7 +23,7 @@ from pathlib import Path
 REQUIRED = ("user", "apiKey", "userID", "teamspaceName", "studioName", "commandToRun")
 FROM_ENV = {"user": "STUDIO_USER", "apiKey": "STUDIO_API_KEY", "userID": "STUDIO_USER_ID",
             "teamspaceName": "STUDIO_TEAMSPACE", "studioName": "STUDIO_NAME", "commandToRun": "STUDIO_COMMAND",
-            "machine": "STUDIO_MACHINE"}
+            "machine": "STUDIO_MACHINE", "config": "STUDIO_CONFIG"}
 LOG_PATH = "$HOME/snn-ddqn-launcher.log"  # in the studio: where the detached command's output goes
 
 
@@ -54,6 +54,11 @@ def load_entry(args) -> tuple[str, dict]:
         if missing:
             raise BadInput(f"--from-env: environment variable {missing[0]} is missing or empty")
         check_placeholders(f"entry {name!r}", entry)
+        try:
+            entry["config"] = json.loads(entry["config"]) if entry["config"].strip() else None
+        except json.JSONDecodeError as e:
+            raise BadInput(f"--from-env: STUDIO_CONFIG is not valid JSON ({e.msg})") from None
+        check_config(f"entry {name!r}", entry)
         return name, entry
     path = Path(args.studios)
     try:
@@ -79,7 +84,20 @@ def load_entry(args) -> tuple[str, dict]:
     if "machine" in entry and (not isinstance(entry["machine"], str) or not entry["machine"].strip()):
         raise BadInput(f"{path}: entry {args.entry!r} field 'machine' must be a non-empty string when given")
     check_placeholders(f"{path}: entry {args.entry!r}", entry)
+    check_config(f"{path}: entry {args.entry!r}", entry)
     return args.entry, entry
+
+
+def check_config(where: str, entry: dict) -> None:
+    if entry.get("config") is not None and not isinstance(entry["config"], dict):
+        raise BadInput(f"{where} field 'config' must be an object of conf.json keys")
+
+
+def command_of(entry: dict) -> str:
+    """The studio's command, with the entry's `config` (conf.json keys over the defaults) given to run.py as
+    --forceconfig --config '<json>', quoted for the shell whatever the JSON holds."""
+    config = entry.get("config")
+    return entry["commandToRun"] + (f" --forceconfig --config {shlex.quote(json.dumps(config))}" if config else "")
 
 
 def check_placeholders(where: str, entry: dict) -> None:
@@ -133,7 +151,7 @@ def start_and_run(entry: dict) -> str:
         if studio.status != Status.Running:
             studio.start(machine=Machine.from_str(machine) if machine else None)
             started = f" (started on {machine or 'the default machine'})"
-        output, code = studio.run_with_exit_code(detached(entry["commandToRun"]))
+        output, code = studio.run_with_exit_code(detached(command_of(entry)))
     except ConnectionError as e:
         raise Failed(f"studio {where}: wrong credentials ({_first_line(e)}); check apiKey and userID") from None
     except OutOfCapacityError as e:
@@ -212,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         name, entry = load_entry(args)
         secrets = [entry["apiKey"], entry["userID"]]
         if args.print_command:
-            print(detached(entry["commandToRun"]))
+            print(detached(command_of(entry)))
             return 0
         print(_mask(f"{name}: {bounded(start_and_run, entry)}", secrets), flush=True)
         return 0

@@ -11,7 +11,7 @@
 
 const fs = require('node:fs');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 
 const REQUIRED = ['user', 'apiKey', 'userID', 'teamspaceName', 'studioName', 'commandToRun'];
 const SECRET_FIELDS = ['apiKey', 'userID'];
@@ -146,6 +146,9 @@ function loadStudios(file) {
         throw new BadInput(`${file}: entry "${name}" field "${field}" is still the placeholder "${value}"; fill in your own value`);
       }
     }
+    if (entry.config !== undefined && (entry.config === null || typeof entry.config !== 'object' || Array.isArray(entry.config))) {
+      throw new BadInput(`${file}: entry "${name}" field "config" must be an object of conf.json keys`);
+    }
     if (entry.machine !== undefined && (typeof entry.machine !== 'string' || entry.machine.trim() === '')) {
       throw new BadInput(`${file}: entry "${name}" field "machine" must be a non-empty string when given`);
     }
@@ -217,6 +220,7 @@ class Runner {
         STUDIO_NAME: studio.studioName,
         STUDIO_COMMAND: studio.commandToRun,
         STUDIO_MACHINE: studio.machine || '',
+        STUDIO_CONFIG: studio.config ? JSON.stringify(studio.config) : '',
       };
       const child = spawn(this.opts.python, [this.opts.helper, '--from-env'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       this.children.add(child);
@@ -281,6 +285,22 @@ class Runner {
   }
 }
 
+// Each studio's `config` checked by the project's own schema (config.py --check, run with the helper's
+// Python) before any studio starts: the resolved config, or one line naming the studio and the key.
+function resolveConfigs(studios, opts) {
+  const checker = path.join(__dirname, '..', 'config.py');
+  for (const studio of studios) {
+    if (studio.config === undefined) continue;
+    const r = spawnSync(opts.python, [checker, '--check'], { input: JSON.stringify(studio.config), encoding: 'utf8',
+      timeout: 60000 });
+    if (r.error) throw new BadInput(`cannot run ${opts.python} to check the configs (${r.error.code}); give --python PATH or PYTHON=PATH`);
+    if (r.status !== 0) {
+      throw new BadInput(`entry "${studio.name}" field "config": ${(r.stderr || '').trim().split('\n').pop()}`);
+    }
+    studio.resolved = JSON.parse(r.stdout);
+  }
+}
+
 function printPlan(studios, opts, out = process.stdout) {
   const rounds = opts.rounds > 0 ? Math.floor(opts.rounds) : 1;
   const start = Date.now();
@@ -291,7 +311,9 @@ function printPlan(studios, opts, out = process.stdout) {
     for (const { studio, at } of batch.studios) {
       const when = new Date(start + at * 1000).toISOString();
       out.write(`  ${when}  (+${(at / 3600).toFixed(2)} h)  round ${batch.round} batch ${batch.batch}  ${studio.name}: ` +
-        `${studio.teamspaceName}/${studio.studioName} runs "${studio.commandToRun}"\n`);
+        `${studio.teamspaceName}/${studio.studioName} runs "${studio.commandToRun}"` +
+        (studio.config ? ` with config ${JSON.stringify(studio.config)} over the defaults` : '') + '\n');
+      if (studio.resolved && batch.round === 1) out.write(`    resolved config: ${JSON.stringify(studio.resolved)}\n`);
     }
   }
 }
@@ -302,6 +324,7 @@ async function main(argv = process.argv.slice(2), env = process.env) {
     opts = parseArgs(argv, env);
     if (opts.help) { process.stdout.write(usage() + '\n'); return 0; }
     studios = loadStudios(opts.studios);
+    resolveConfigs(studios, opts);
   } catch (e) {
     if (e instanceof BadInput) { process.stderr.write(`trainingRunner: error: ${e.message}\n`); return 2; }
     throw e;

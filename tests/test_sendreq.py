@@ -245,3 +245,23 @@ def test_a_server_that_never_answers_is_bounded(tmp_path):
     assert r.returncode == 1 and took < 60, (took, r.stderr)
     (line,) = r.stderr.strip().splitlines()
     assert "within 3 s" in line and "SECRET" not in r.stdout + r.stderr
+
+
+def test_a_studio_config_reaches_run_py_whole_whatever_it_holds(tmp_path):
+    """studios.json's `config` object is appended as --forceconfig --config '<json>', quoted for the shell: the
+    command the studio runs receives the very JSON (quotes, spaces, $ and ; included)."""
+    tricky = {"name": "it's-seed1", "seed": 1, "extra_info": "a", "wandb_project": "x; echo $HOME \"q\""}
+    entry = {**ENTRY, "commandToRun": f"{sys.executable} -c 'import sys; print(sys.argv[1:])'",
+             "config": tricky}
+    shown = subprocess.run(["bash", "-lc", sendReq.command_of(entry)], capture_output=True, text=True, check=True)
+    args = eval(shown.stdout)  # the printed argv list
+    assert args[:2] == ["--forceconfig", "--config"] and json.loads(args[2]) == tricky
+    # and through the detached line the studio gets (bash -lc '<command>' &)
+    path = tmp_path / "studios.json"
+    path.write_text(json.dumps({"studio_1": entry}))
+    line = call(["--studios", str(path), "--print-command"]).stdout.strip()
+    assert line.startswith("setsid nohup bash -lc ") and "--forceconfig --config" in line
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"studio_1": {**ENTRY, "config": [1, 2]}}))
+    r = call(["--studios", str(bad)])
+    assert r.returncode == 2 and "field 'config' must be an object" in r.stderr

@@ -226,3 +226,25 @@ test('a delay past Node\'s 24.8-day timer limit waits instead of firing at once'
   assert.strictEqual(records(ctx).length, 1);
   assert.doesNotMatch(out, /TimeoutOverflowWarning|outcome=killed/);
 });
+
+test('a studio config is checked before any studio starts, and the dry run shows it resolved', () => {
+  const good = setup({ studio_1: studio(1, { config: { name: 'seed1', seed: 1 } }), studio_2: studio(2) });
+  const dry = run(good, ['--dry-run']);
+  assert.strictEqual(dry.status, 0, dry.stderr);
+  assert.match(dry.stdout, /with config \{"name":"seed1","seed":1\} over the defaults/);
+  assert.match(dry.stdout, /resolved config: \{"name":"seed1",[^\n]*"learning_rate":0\.0001,[^\n]*"seed":1,/);
+  const started = run(good, ['--rounds', '1', '--batch-delay', '0', '--stagger', '0']);
+  assert.strictEqual(started.status, 0, started.stderr);
+  const sent = records(good).map((r) => r.env.STUDIO_CONFIG);
+  assert.deepStrictEqual(sent.sort(), ['', '{"name":"seed1","seed":1}']);
+  for (const [config, message] of [[{ lerning_rate: 0.1 }, /entry "studio_2" field "config": unknown config key 'lerning_rate'; did you mean 'learning_rate'\?/],
+    [{ seed: -3 }, /entry "studio_2" field "config": config key 'seed' must be >= 0/],
+    [[1, 2], /entry "studio_2" field "config" must be an object/]]) {
+    const bad = setup({ studio_1: studio(1), studio_2: studio(2, { config }) });
+    const r = run(bad, ['--rounds', '1', '--batch-delay', '0']);
+    assert.strictEqual(r.status, 2, r.stderr);
+    assert.strictEqual(r.stderr.trim().split('\n').length, 1);
+    assert.match(r.stderr, message);
+    assert.strictEqual(records(bad).length, 0, 'no studio started');
+  }
+});
