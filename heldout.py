@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -129,7 +130,7 @@ def confirm_best(cfg, run_dir: Path, log: Callable[[str], None]) -> dict | None:
         ev = cand["evaluation"]
         if ev.get("confirm_episodes") != n:
             _, net = agents.build_network(cand, "cpu", path)
-            confirm = float(np.mean(envs.evaluation_returns(cfg, lambda obs: _greedy(net, obs), seeds)))
+            confirm = float(np.mean(envs.evaluation_returns(cfg, partial(models.greedy_action, net), seeds)))
             ev = {**ev, "confirm_mean": confirm, "confirm_episodes": n, "confirm_seeds": f"{CONFIRM_SEED}+",
                   "combined_mean": (ev["mean"] * ev["episodes"] + confirm * n) / (ev["episodes"] + n)}
             checkpoints.write_best(path, cand, ev)
@@ -141,7 +142,3 @@ def confirm_best(cfg, run_dir: Path, log: Callable[[str], None]) -> dict | None:
     log(kv_line("best", global_step=checkpoints.trained_steps(best[0]), combined=round(best[1]["combined_mean"], 2),
                 tracks=best[1]["episodes"] + n))
     return best[1]
-
-
-def _greedy(net, obs) -> int:
-    return models.greedy_action(net, obs)
