@@ -128,7 +128,9 @@ class RunFolder:
         t0 = time.monotonic()
         path, size = checkpoints.write(self.ckpt_dir, state, keep)
         seconds = time.monotonic() - t0
-        contract.write_status(self.run_dir, False, "training", **progress)
+        reason = "learning stopped (stop_learning_at_win_percent reached)" if progress.get("learning_stopped") \
+            else "training"
+        contract.write_status(self.run_dir, False, reason, **progress)
         try:
             metrics.plot_runs({self.cfg.run_name: metrics_path}, self.run_dir / "plots" / "training.png",
                               self.cfg.win_threshold)

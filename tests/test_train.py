@@ -222,13 +222,25 @@ def test_bout_budget_stops_without_finishing(tmp_path, monkeypatch):
     assert list((run_dir(cfg) / "checkpoints").glob("ckpt_*.pt"))
 
 
-def test_win_rule_stops_learning_but_not_acting(tmp_path):
+def test_win_rule_stops_learning_but_not_acting(tmp_path, monkeypatch):
+    import runfolder
+
+    seen, save = [], runfolder.RunFolder.save
+
+    def spy(self, *args, **kw):  # status.json as each checkpoint leaves it
+        path = save(self, *args, **kw)
+        seen.append(contract.read_status(self.run_dir))
+        return path
+
+    monkeypatch.setattr(runfolder.RunFolder, "save", spy)
     cfg = tiny(tmp_path, total_steps=600, win_threshold=15, stop_learning_at_win_percent=5, learning_starts=20,
-               epsilon_decay_steps=0, decay=0.9)
+               epsilon_decay_steps=0, decay=0.9, checkpoint_every=5)
     assert train.main(["--config", str(cfg), "--new-run"]) == 0
     ckpt = final_weights(cfg)
     status = contract.read_status(run_dir(cfg))
     assert ckpt["counters"]["learning_stopped"] is True and status["learning_stopped"] is True
+    stopped = [st for st in seen if st["learning_stopped"]]
+    assert stopped and all(st["reason"].startswith("learning stopped") for st in stopped)
     assert ckpt["counters"]["global_step"] == 600  # it kept acting to the budget
     assert ckpt["counters"]["updates"] < 600 - 20  # but stopped updating
 
