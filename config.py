@@ -110,6 +110,8 @@ def _keys() -> list[Key]:
           "tile and the rest of the 1000 frames (docs/tuning.md#skip_penalty). 0 = off; evaluations never apply it;"
           " the tiles it charged are `metrics.csv`'s `skipped_tiles`. A run trained before it was on by default "
           "keeps 0 on resume.", low=0),
+        K("augment_shift", 0, "int", "DrQ's random shifts of the update's s and s' (up to this many pixels, edges "
+          "repeated); 0 = off. Not chosen by evidence yet (docs/tuning.md#augment_shift).", low=0, high=16),
         K("prioritized_replay", False, "bool", "Proportional prioritized replay (sum-tree); no better at 40k or 100k agent steps "
           "(docs/tuning.md#prioritized_replay)."),
         K("per_alpha", 0.6, "float", "Priority exponent of prioritized replay.", low=0, high=1),
@@ -126,9 +128,8 @@ def _keys() -> list[Key]:
         K("eval_candidates", 3, "int", "The best in-run evaluations whose weights are kept as candidates (in "
           "`.candidates/`) for the confirmation at the run's end; 0 = off.", low=0, high=20),
         K("eval_confirm_episodes", 20, "int", "When the run finishes, each candidate plays this many more full greedy "
-          "episodes on a second held-out set (seeds 20000+), and `best.pt` becomes the candidate with the best mean "
-          "over both sets: the in-run best alone favours a lucky evaluation (docs/results.md#from-scratch). 0 = off.",
-          low=0, high=1000),
+          "episodes on seeds 20000+ and `best.pt` becomes the one with the best mean over both sets (the in-run best "
+          "alone favours a lucky evaluation: docs/results.md#from-scratch). 0 = off.", low=0, high=1000),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
         K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over steps "
           "(docs/tuning.md#snn_readout-snn_tsteps).",
@@ -204,8 +205,7 @@ FORMER_RECIPE: dict[str, Any] = {"epsilon_decay_steps": 0, "learning_rate_decay_
                                  "total_steps": 0}
 
 
-def settings_text(keys: Mapping[str, Any]) -> str:
-    """Config keys as the user writes them in conf.json: `"encoder": "nature", "dueling": true`."""
+def settings_text(keys: Mapping[str, Any]) -> str:  # as in conf.json: `"encoder": "nature", "dueling": true`
     return ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
 
 

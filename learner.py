@@ -31,6 +31,19 @@ def teacher_loss(q_all: torch.Tensor, teacher_q: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(q_all - q_all.mean(1, keepdim=True), teacher_q - teacher_q.mean(1, keepdim=True))
 
 
+def random_shift(frames: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ's augmentation (Kostrikov et al. 2020): each image of `frames` [B, C, H, W] shifted by up to `pad`
+    pixels each way, its edge pixels repeated — padding by replication and a random crop back to H x W, done
+    as one gather, in the frames' own dtype (uint8 stays uint8)."""
+    b, c, h, w = frames.shape
+    dev = frames.device
+    shifts = torch.randint(0, 2 * pad + 1, (b, 2), device=dev) - pad
+    rows = (torch.arange(h, device=dev)[None, :] + shifts[:, :1]).clamp(0, h - 1)  # [B, H]
+    cols = (torch.arange(w, device=dev)[None, :] + shifts[:, 1:]).clamp(0, w - 1)  # [B, W]
+    return frames[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
 class Losses(NamedTuple):
     td: torch.Tensor  # the weighted Huber loss of the TD error (a scalar on the device)
     teacher: torch.Tensor | None  # the teacher's loss, when a teacher pulled
@@ -66,10 +79,13 @@ class Learner:
         its answer `[B, A]`, made once this step's own forward passes are done; None runs the pass here."""
         cfg, dev = self.cfg, self.device
         obs = torch.as_tensor(batch.observations, device=dev)
+        next_frames = torch.as_tensor(batch.next_observations, device=dev)
+        if cfg.augment_shift and obs.dim() == 4:  # s and s' shifted apart, as DrQ does
+            obs, next_frames = random_shift(obs, cfg.augment_shift), random_shift(next_frames, cfg.augment_shift)
         actions = torch.as_tensor(batch.actions, device=dev)
         with torch.no_grad():
             # converted once for both networks
-            next_obs = models.network_input(self.q_network, torch.as_tensor(batch.next_observations, device=dev))
+            next_obs = models.network_input(self.q_network, next_frames)
             next_q_online = self.q_network(next_obs)
             next_q_target = self.target_network(next_obs) if remote_target_q is None else None
         q_all = self.q_network(obs)

@@ -54,7 +54,7 @@ class Trainer:
         self.actor = make_actor(cfg, vec, self.obs_shape, self.device)
         self.vec = self.actor or actors.PlainEnvs(vec)  # reset, snapshot, restore and close: whoever steps them
         self.learner = Learner(cfg, self.obs_shape, self.n_actions, self.device, teacher)
-        self.target_pass = make_target_pass(self.actor, self.device)
+        self.target_pass = None if cfg.augment_shift else make_target_pass(self.actor, self.device)
         if self.actor is not None:
             self.actor.attach(self.learner.q_network, self.target_pass and self.learner.target_network)
         self.replay, self.replay_mb = make_replay(cfg, self.obs_shape)
@@ -360,7 +360,7 @@ def make_target_pass(actor, device: torch.device):
     a kernel may sum in another order, and a run's numbers would follow the machine's timing)."""
     if actor is not None and actor.kind == "process" and device.type == "cpu" and torch.get_num_threads() == 1:
         return actors.TargetPass(actor)
-    return None
+    return None  # (and where the update shifts s' itself, augment_shift: the worker would see it unshifted)
 
 
 def check_memory(cfg, obs_shape, n_actions: int, device: torch.device) -> None:

@@ -299,3 +299,19 @@ def test_the_worker_takes_the_target_pass_only_while_it_does_not_become_the_one_
     assert split.wanted()
     split.force = False
     assert not split.wanted()
+
+
+def test_an_update_that_shifts_its_frames_keeps_the_target_pass(tmp_path):
+    """augment_shift shifts s' inside the update: the worker, which would see it unshifted, is not asked."""
+    threads = torch.get_num_threads()  # the worker takes a core from the trainer: give it back after
+    try:
+        for shift, asked in ((0, True), (2, False)):
+            cfg = load_config(tiny(tmp_path, name=f"aug{shift}", actor="process", augment_shift=shift))
+            t = train.Trainer(cfg, cfg.run_dir(), new_run=True)
+            try:
+                assert (t.target_pass is not None) == asked
+            finally:
+                t.vec.close()
+                t.metrics.close()
+    finally:
+        torch.set_num_threads(threads)

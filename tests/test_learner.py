@@ -80,3 +80,34 @@ def test_target_update_hard_and_soft():
     soft.update_target()
     for t, o, q in zip(old, soft.target_network.parameters(), soft.q_network.parameters()):
         assert torch.allclose(o, t + 0.25 * (q - t))
+
+
+def test_random_shift_equals_replicate_padding_and_a_crop():
+    import torch.nn.functional as F
+
+    torch.manual_seed(3)
+    frames = torch.randint(0, 256, (6, 4, 12, 10), dtype=torch.uint8)
+    torch.manual_seed(7)
+    shifted = learner.random_shift(frames, 2)
+    torch.manual_seed(7)  # the same draws, done the plain way: pad by replication, crop at the drawn offset
+    shifts = torch.randint(0, 5, (6, 2)) - 2
+    padded = F.pad(frames.float(), (2, 2, 2, 2), mode="replicate")
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        crop = padded[i, :, 2 + dy:2 + dy + 12, 2 + dx:2 + dx + 10]
+        assert torch.equal(shifted[i].float(), crop)
+    assert shifted.dtype == torch.uint8 and torch.equal(learner.random_shift(frames, 0), frames)
+
+
+def test_an_augmented_update_shifts_what_the_networks_see():
+    cfg_keys = {"architecture": "ann", "env_id": "CarRacing-v3", "hidden_layers": [8], "obs_size": 36,
+                "augment_shift": 4}
+    cfg = load_config(cfg_keys)
+    torch.manual_seed(0)
+    lrn = learner.Learner(cfg, (4, 36, 36), 5, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    b = Batch(rng.integers(0, 256, (8, 4, 36, 36), dtype=np.uint8), rng.integers(0, 5, 8),
+              rng.integers(0, 256, (8, 4, 36, 36), dtype=np.uint8), rng.normal(size=8).astype(np.float32),
+              np.zeros(8, np.float32), np.ones(8, np.float32), np.arange(8), np.full(8, 0.99, np.float32))
+    plain = learner.Learner(load_config({**cfg_keys, "augment_shift": 0}), (4, 36, 36), 5, torch.device("cpu"))
+    plain.load_state_dict(lrn.state_dict())
+    assert not torch.equal(lrn.update(b).td, plain.update(b).td)  # other inputs, another loss
