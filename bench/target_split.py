@@ -1,4 +1,4 @@
-"""Agent steps/s of the real loop with the worker running the target network's pass (`Trainer.remote_target`,
+"""Agent steps/s of the real loop with the worker running the target network's pass (`actor.TargetPass`,
 with the actor process on a CPU), the trainer running it itself, and the default `auto` choice between the
 two (actor.TargetSplit), in one run.
 
@@ -37,7 +37,7 @@ def measure(arch: str, window: int, rounds: int, tmp: Path, extra: dict) -> dict
                               "checkpoint_every": 10**6, "eval_every": 0, "epsilon_start": 0.5, "epsilon_min": 0.5,
                               "save_replay": False, "replay_size": 20_000, "actor": "process", **extra})
     trainer = train.Trainer(cfg, cfg.run_dir(), new_run=True)
-    if not (trainer.target_pass is not None):  # the capability: a worker process on the CPU
+    if trainer.target_pass is None:  # the capability: a worker process on the CPU
         trainer.vec.close()
         raise SystemExit("the worker's target pass needs the actor process on the CPU (no worker started here)")
     modes = (True, False, None)  # the worker's pass, the trainer's, the automatic choice
