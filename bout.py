@@ -49,6 +49,7 @@ class Bout:
         cfg = trainer.cfg
         self.seconds = contract.bout_seconds(cfg.max_run_time)
         self.stop_signal: int | None = None
+        self.best_score: float | None = None  # best.pt's mean on fresh tracks, once the finished run scored it
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -92,7 +93,8 @@ class Bout:
                 progress.update(t, sps, deadline)
             t.save_checkpoint()
             if finished and cfg.eval_every and cfg.eval_candidates and cfg.eval_confirm_episodes:
-                heldout.confirm_best(cfg, t.run_dir, log)  # the run's best.pt, confirmed on a second track set
+                confirmed = heldout.confirm_best(cfg, t.run_dir, log)  # best.pt confirmed and scored on fresh tracks
+                self.best_score = confirmed and confirmed["score_mean"]
         except OSError as e:
             if e.errno not in DISK_ERRNOS:
                 raise
@@ -124,7 +126,8 @@ class Bout:
 
     def _status(self, finished: bool, reason: str) -> None:
         t = self.t
-        contract.write_status(t.run_dir, finished, reason, **t.state.progress())
+        extra = {"best_score": self.best_score} if self.best_score is not None else {}
+        contract.write_status(t.run_dir, finished, reason, **t.state.progress(), **extra)
 
 
 def _columns() -> int:

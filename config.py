@@ -127,9 +127,9 @@ def _keys() -> list[Key]:
           " DIR --best` plays it.", low=1),
         K("eval_candidates", 3, "int", "The best in-run evaluations whose weights are kept as candidates (in "
           "`.candidates/`) for the confirmation at the run's end; 0 = off.", low=0, high=20),
-        K("eval_confirm_episodes", 20, "int", "When the run finishes, each candidate plays this many more full greedy "
-          "episodes on seeds 20000+ and `best.pt` becomes the one with the best mean over both sets (the in-run best "
-          "alone favours a lucky evaluation: docs/results.md#from-scratch). 0 = off.", low=0, high=1000),
+        K("eval_confirm_episodes", 50, "int", "When the run finishes, each candidate plays this many more full greedy "
+          "episodes on seeds 20000+, `best.pt` becomes the one with the best mean over both sets, and its score is its "
+          "mean on as many fresh tracks (seeds 30000+; docs/results.md#from-scratch). 0 = off.", low=0, high=1000),
         K("record_every", 0, "int", "Episodes between GIF recordings into the run folder; 0 = off.", low=0),
         K("snn_readout", "mean", "str", "How Q-values are read from the output membrane: `mean`, `last` or `max` over steps "
           "(docs/tuning.md#snn_readout-snn_tsteps).",

@@ -80,7 +80,7 @@ def describe(key: tuple[str, str], local: dict[str, Path], now: float, stale_fac
     return {"run": f"{key[0]}/{key[1]}", "status": state, "agent_steps": steps,
             "frames": None if steps is None else int(steps * per_step), "episodes": status.get(
                 "episode", len(returns) or None), "return_10": sum(returns[-10:]) / len(returns[-10:]) if returns else None,
-            "best_eval": status.get("best_eval", max(evals) if evals else None),
+            "best_eval": status.get("best_score", status.get("best_eval", max(evals) if evals else None)),
             "frames_per_s": sps[-1] * per_step if sps else None, "age_s": age}
 
 
@@ -95,7 +95,7 @@ def _age_text(seconds: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | status | agent steps | frames | episodes | return (last 10) | best held-out eval | frames/s "
+    lines = ["| run | status | agent steps | frames | episodes | return (last 10) | best held-out | frames/s "
              "| last push |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['status']} | {_cell(r['agent_steps'], '{:,}')} | {_cell(r['frames'], '{:,}')} "

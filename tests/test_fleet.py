@@ -30,8 +30,8 @@ def put(server, run: str, files: dict) -> None:
 def test_the_fleet_table_tells_each_runs_state(server, capsys):
     cfg = {"env_id": "CartPole-v1", "checkpoint_every": 5}
     put(server, "studio-a/done", {"status.json": {"finished": True, "reason": "total_steps 400 reached",
-                                                  "global_step": 400, "frames": 400, "episode": 20, "best_eval": 50.0,
-                                                  "updated": stamp(60)},
+                                                  "global_step": 400, "frames": 400, "episode": 20, "best_eval": 52.0,
+                                                  "best_score": 50.0, "updated": stamp(60)},
                                   "config.json": cfg, "metrics.csv": metrics_csv(20, time.time() - 100)})
     put(server, "studio-a/gone", {"status.json": {"finished": False, "reason": "training", "global_step": 300,
                                                   "frames": 300, "episode": 15, "updated": stamp(5 * 3600)},
@@ -48,6 +48,7 @@ def test_the_fleet_table_tells_each_runs_state(server, capsys):
             if ln.startswith("| studio-")}
     assert set(rows) == {"studio-a/done", "studio-a/gone", "studio-b/broke", "studio-b/old"}  # no archive
     assert rows["studio-a/done"][:4] == ["finished", "400", "400", "20"] and rows["studio-a/done"][5] == "50.0"
+    # (a finished run's best is best.pt's score on fresh tracks, not the in-run maximum that chose it)
     assert rows["studio-a/done"][4] == f"{sum(10.0 * i for i in range(11, 21)) / 10:.1f}"  # the last 10 returns
     assert rows["studio-a/gone"][0] == "stale" and rows["studio-a/gone"][-1] == "5.0 h ago"
     assert rows["studio-b/broke"][0].startswith("failed: cannot write to the run folder")

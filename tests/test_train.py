@@ -714,7 +714,15 @@ def test_a_finished_run_confirms_its_best_on_a_second_track_set(tmp_path, capsys
     best = checkpoints.read(run_dir(cfg) / "best.pt")
     winner = max(kept, key=lambda c: c["evaluation"]["combined_mean"])
     assert best["evaluation"] == winner["evaluation"] and best["trained"] == winner["trained"]
-    assert out.count("confirm candidate=") == 2 and "best global_step=" in out
+    # the winner's score: tracks of a third set that chose nothing, and the number status.json reports
+    _, net = agents.build_network(best, "cpu")
+    fresh = envs.evaluation_returns(load_config(cfg), lambda obs: models.greedy_action(net, obs),
+                                    [heldout.SCORE_SEED + i for i in range(3)])
+    assert best["evaluation"]["score_mean"] == pytest.approx(np.mean(fresh)) and best["evaluation"]["score_episodes"] == 3
+    assert contract.read_status(run_dir(cfg))["best_score"] == pytest.approx(np.mean(fresh))
+    assert out.count("confirm candidate=") == 2 and f"score={round(float(np.mean(fresh)), 2)}" in out
+    again = heldout.confirm_best(load_config(cfg), run_dir(cfg), lambda msg: None)  # nothing left to play
+    assert again == best["evaluation"]
 
 
 def test_a_metrics_csv_that_is_not_text_is_one_line_and_nothing_is_touched(tmp_path, capsys):
