@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import checkpoints
 import contract
@@ -330,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     one_line_cli_errors(parser, "evaluate.py")
     try:
         args = parser.parse_args(argv)
+        # one decision at a time gains nothing from a second thread, and beside a training on the other core
+        # two threads wait on each other: ~50x slower per decision (docs/benchmarks.md#evaluation-threads)
+        torch.set_num_threads(1)
         if args.episodes is not None and args.episodes < 1:
             raise ConfigError("--episodes must be at least 1")
         if not 0 <= args.seed <= 2**31 - 1 - 10_000:
