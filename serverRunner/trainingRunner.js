@@ -15,6 +15,7 @@ const { spawn, spawnSync } = require('node:child_process');
 
 const REQUIRED = ['user', 'apiKey', 'userID', 'teamspaceName', 'studioName', 'commandToRun'];
 const SECRET_FIELDS = ['apiKey', 'userID'];
+const TARGETS = ['studio', 'job'];
 
 class BadInput extends Error {}
 
@@ -152,15 +153,83 @@ function loadStudios(file) {
     if (entry.machine !== undefined && (typeof entry.machine !== 'string' || entry.machine.trim() === '')) {
       throw new BadInput(`${file}: entry "${name}" field "machine" must be a non-empty string when given`);
     }
-    const key = `${entry.user}/${entry.teamspaceName}/${entry.studioName}`;
-    if (seen.has(key)) {
-      throw new BadInput(`${file}: entry "${name}" field "studioName" repeats the studio of entry "${seen.get(key)}"`);
+    checkJob(file, name, entry);
+    for (const expanded of expandGrid(file, name, entry)) {
+      // a studio runs one run at a time; jobs of one studio run side by side, each on its own machine
+      const key = expanded.target === 'job' ? null : `${expanded.user}/${expanded.teamspaceName}/${expanded.studioName}`;
+      if (key && seen.has(key)) {
+        throw new BadInput(`${file}: entry "${expanded.name}" field "studioName" repeats the studio of entry "${seen.get(key)}"`);
+      }
+      if (key) seen.set(key, expanded.name);
+      studios.push(expanded);
     }
-    seen.set(key, name);
-    studios.push({ name, ...entry });
   }
   if (studios.length === 0) throw new BadInput(`${file} has no studio entries`);
   return studios;
+}
+
+// "target": "job" entries: a Lightning Job in the studio's environment instead of a command in the studio.
+function checkJob(file, name, entry) {
+  const where = `${file}: entry "${name}"`;
+  if (entry.target !== undefined && !TARGETS.includes(entry.target)) {
+    throw new BadInput(`${where} field "target" must be "studio" or "job", got ${JSON.stringify(entry.target)}`);
+  }
+  for (const field of ['interruptible', 'max_runtime']) {
+    if (entry[field] !== undefined && entry.target !== 'job') {
+      throw new BadInput(`${where} field "${field}" applies to "target": "job" entries only`);
+    }
+  }
+  if (entry.interruptible !== undefined && typeof entry.interruptible !== 'boolean') {
+    throw new BadInput(`${where} field "interruptible" must be true or false`);
+  }
+  if (entry.max_runtime !== undefined && !(Number.isInteger(entry.max_runtime) && entry.max_runtime >= 60)) {
+    throw new BadInput(`${where} field "max_runtime" must be whole seconds >= 60, got ${JSON.stringify(entry.max_runtime)}`);
+  }
+}
+
+// An entry's "grid" ({"seed": [0, 1, 2], "learning_rate": [1e-4, 5e-5]}) becomes one entry per combination,
+// its config the entry's with the combination over it and a run name of its own (so the runs' Hub folders
+// differ). A studio runs one run at a time, so a studio grid names one studio per combination
+// ("studioNames"); a job grid runs every combination from the entry's studio.
+const MAX_GRID = 100;
+
+function expandGrid(file, name, entry) {
+  const where = `${file}: entry "${name}"`;
+  const { grid, studioNames, ...rest } = entry;
+  if (grid === undefined) {
+    if (studioNames !== undefined) throw new BadInput(`${where} field "studioNames" needs a "grid" to go with`);
+    return [{ name, ...rest }];
+  }
+  if (grid === null || typeof grid !== 'object' || Array.isArray(grid) || Object.keys(grid).length === 0) {
+    throw new BadInput(`${where} field "grid" must be an object of conf.json keys, each with a list of values`);
+  }
+  let combos = [{}];
+  for (const [key, values] of Object.entries(grid)) {
+    if (!Array.isArray(values) || values.length === 0) {
+      throw new BadInput(`${where} field "grid" key "${key}" must be a non-empty list of values`);
+    }
+    if (key === 'name') throw new BadInput(`${where} field "grid" cannot vary "name": each run's name is made from its values`);
+    if (entry.config && key in entry.config) {
+      throw new BadInput(`${where} key "${key}" is in both "config" and "grid"; keep it in one`);
+    }
+    combos = combos.flatMap((c) => values.map((v) => ({ ...c, [key]: v })));
+    if (combos.length > MAX_GRID) throw new BadInput(`${where} field "grid" makes more than ${MAX_GRID} runs`);
+  }
+  if (entry.target !== 'job') {
+    if (!Array.isArray(studioNames) || studioNames.length !== combos.length ||
+        !studioNames.every((s) => typeof s === 'string' && s.trim() !== '')) {
+      throw new BadInput(`${where}: a studio grid of ${combos.length} runs needs "studioNames", a list of ${combos.length} ` +
+        'studio names (a studio runs one run at a time), or "target": "job"');
+    }
+  } else if (studioNames !== undefined) {
+    throw new BadInput(`${where} field "studioNames" is for studio grids; a job grid runs in the entry's studio`);
+  }
+  const base = (entry.config && entry.config.name) || 'carracing';
+  return combos.map((combo, i) => {
+    const suffix = Object.entries(combo).map(([k, v]) => `${k}${String(v).replace(/[^\w.-]+/g, '_')}`).join('-');
+    return { ...rest, name: `${name}/${suffix}`, studioName: studioNames ? studioNames[i] : rest.studioName,
+      config: { ...(entry.config || {}), ...combo, name: `${base}-${suffix}`.slice(0, 100) } };
+  });
 }
 
 // [{round, batch, at (seconds from start), studios: [{studio, at}]}]
@@ -221,6 +290,9 @@ class Runner {
         STUDIO_COMMAND: studio.commandToRun,
         STUDIO_MACHINE: studio.machine || '',
         STUDIO_CONFIG: studio.config ? JSON.stringify(studio.config) : '',
+        STUDIO_TARGET: studio.target || '',
+        STUDIO_INTERRUPTIBLE: studio.interruptible === undefined ? '' : JSON.stringify(studio.interruptible),
+        STUDIO_MAX_RUNTIME: studio.max_runtime === undefined ? '' : JSON.stringify(studio.max_runtime),
       };
       const child = spawn(this.opts.python, [this.opts.helper, '--from-env'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       this.children.add(child);
@@ -298,20 +370,32 @@ function resolveConfigs(studios, opts) {
       throw new BadInput(`entry "${studio.name}" field "config": ${(r.stderr || '').trim().split('\n').pop()}`);
     }
     studio.resolved = JSON.parse(r.stdout);
+    // a job is a machine of its own: were it still training when the next round's job of the same entry
+    // starts, two machines would train (and push) the same run
+    if (studio.target === 'job' && opts.rounds !== 1 && studio.resolved.train_max_time >= opts['batch-delay']) {
+      throw new BadInput(`entry "${studio.name}": train_max_time ${studio.resolved.train_max_time} s is not below ` +
+        `--batch-delay ${opts['batch-delay']} s, so its next round's job would train the same run beside it; lower ` +
+        'train_max_time in its "config" or raise --batch-delay');
+    }
   }
 }
 
 function printPlan(studios, opts, out = process.stdout) {
   const rounds = opts.rounds > 0 ? Math.floor(opts.rounds) : 1;
   const start = Date.now();
-  out.write(`plan: ${studios.length} studio(s), batch size ${opts['batch-size'] || studios.length}, ` +
+  const jobs = studios.filter((s) => s.target === 'job').length;
+  out.write(`plan: ${studios.length - jobs} studio(s)${jobs ? ` and ${jobs} job(s)` : ''}, batch size ${opts['batch-size'] || studios.length}, ` +
     `${opts['batch-delay']} s between batches, ${opts.stagger} s stagger, ` +
     `${opts.rounds > 0 ? rounds + ' round(s)' : 'repeating until stopped (first round shown)'}\n`);
   for (const batch of plan(studios, opts, rounds)) {
     for (const { studio, at } of batch.studios) {
       const when = new Date(start + at * 1000).toISOString();
+      const how = studio.target === 'job'
+        ? `a job (${studio.machine || 'CPU'}${studio.interruptible === false ? '' : ', interruptible'}` +
+          `${studio.max_runtime ? `, max_runtime ${studio.max_runtime} s` : ''}) in the environment of `
+        : '';
       out.write(`  ${when}  (+${(at / 3600).toFixed(2)} h)  round ${batch.round} batch ${batch.batch}  ${studio.name}: ` +
-        `${studio.teamspaceName}/${studio.studioName} runs "${studio.commandToRun}"` +
+        `${how}${studio.teamspaceName}/${studio.studioName} runs "${studio.commandToRun}"` +
         (studio.config ? ` with config ${JSON.stringify(studio.config)} over the defaults` : '') + '\n');
       if (studio.resolved && batch.round === 1) out.write(`    resolved config: ${JSON.stringify(studio.resolved)}\n`);
     }

@@ -1,5 +1,5 @@
 """A local HTTP stand-in for the Lightning AI endpoints lightning-sdk uses to start a studio and run a
-command in it. Reached through LIGHTNING_CLOUD_URL, so the real SDK code runs.
+command in it, or to submit a job that runs a command in a studio's environment. Reached through LIGHTNING_CLOUD_URL, so the real SDK code runs.
 
 State: one user `alice` with a teamspace `ts` and studios by name; a studio is stopped until its
 `start` is posted. Every request is recorded (method, path, headers, body) for the tests.
@@ -26,6 +26,7 @@ class LightningStandIn:
         self.requests: list[dict] = []
         self.commands: list[str] = []
         self.started: list[tuple[str, str]] = []  # (studio, machine)
+        self.jobs: list[dict] = []  # the submitted jobs' bodies (name, spec: command, cloudspaceId, instanceName, ...)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -76,6 +77,17 @@ class LightningStandIn:
                 name = (query.get("name") or [""])[0]
                 s = self.studios.get(name)
                 return 200, {"cloudspaces": [self._cloudspace(name, s)] if s else []}
+            if parts[3] == "jobs" and len(parts) == 4 and method == "POST":
+                if self.out_of_capacity:
+                    return 400, {"code": 9, "message": "out of capacity"}
+                taken = {j["name"] for j in self.jobs}
+                name = body["name"] if body["name"] not in taken else f"{body['name']}-{len(self.jobs) + 1}"
+                self.jobs.append({**body, "name": name})
+                return 200, {"id": f"job-{len(self.jobs)}", "name": name, "projectId": PROJECT_ID,
+                             "spec": body.get("spec", {}), "state": "JOB_STATE_PENDING"}
+            if parts[3] == "cloudspaces" and len(parts) == 5:  # a studio by id (a job's link names its studio)
+                name, s = self._studio_by_id(parts[4])
+                return (200, self._cloudspace(name, s)) if s else (404, {"code": 5, "message": "cloudspace not found"})
             if parts[3] == "cloudspaces" and len(parts) >= 6:
                 name, s = self._studio_by_id(parts[4])
                 if s is None:

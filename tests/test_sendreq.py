@@ -1,6 +1,7 @@
 """serverRunner/sendReq.py: input validation, the detached command, wrong credentials (local HTTP server)."""
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -181,6 +182,40 @@ def test_stopped_studio_is_started_and_the_command_posted_detached(lightning, tm
     assert "command accepted" in r.stdout and "started on" in r.stdout
     assert_clean(standin, r)
     assert len(standin.requests) < 80  # no busy polling
+
+
+def test_a_job_entry_submits_a_job_in_the_studios_environment(lightning, tmp_path):
+    standin = lightning()
+    config = {"name": "it's \"quoted\" $HOME; x", "seed": 1}
+    r = call(["--from-env"], lightning_env(standin, tmp_path, target="job", machine="CPU", interruptible="true",
+                                           max_runtime="3600", config=json.dumps(config)))
+    assert r.returncode == 0, r.stderr
+    (job,) = standin.jobs
+    assert standin.started == [] and standin.commands == []  # the studio itself is left alone
+    spec = job["spec"]
+    assert spec["cloudspaceId"] == "cs-s1" and spec["instanceName"] == "cpu-4" and spec["spot"] is True
+    assert spec["requestedRunDurationSeconds"] == "3600"
+    assert spec["command"] == sendReq.command_of({"commandToRun": "cd ~ && python run.py", "config": config})
+    assert re.fullmatch(r"studio-1-\d{8}-\d{6}", job["name"])
+    out = r.stdout.strip().splitlines()
+    # the SDK's warning that a spot machine ignores max_runtime reaches the user as a note, before the result
+    assert out[0].startswith("studio_1: note: max_runtime has no effect on interruptible") and len(out) == 2
+    assert f"job {job['name']} submitted on CPU (interruptible)" in out[1]
+    assert_clean(standin, r)
+    again = call(["--from-env"], lightning_env(standin, tmp_path, target="job", interruptible="false"))
+    assert again.returncode == 0, again.stderr
+    assert standin.jobs[1]["spec"].get("spot") in (None, False) and "(interruptible)" not in again.stdout
+
+
+@pytest.mark.parametrize("entry,message", [({"target": "vm"}, "field 'target' must be \"studio\" or \"job\""),
+                                           ({"interruptible": "true"}, "applies to \"target\": \"job\" entries only"),
+                                           ({"target": "job", "max_runtime": "10"}, "whole seconds >= 60, got 10")])
+def test_bad_job_fields_are_refused_before_any_request(lightning, tmp_path, entry, message):
+    standin = lightning()
+    r = call(["--from-env"], lightning_env(standin, tmp_path, **entry))
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert message in line and standin.requests == []
 
 
 def test_a_machine_lightning_sdk_does_not_know_is_refused_before_any_request(lightning, tmp_path):

@@ -248,3 +248,56 @@ test('a studio config is checked before any studio starts, and the dry run shows
     assert.strictEqual(records(bad).length, 0, 'no studio started');
   }
 });
+
+test('a grid expands into one run per combination, each with its own run name and resolved config', () => {
+  const ctx = setup({
+    sweep: studio(1, { config: { name: 'cr', total_steps: 1000 }, grid: { seed: [0, 1], learning_rate: [0.0001, 5e-5] },
+      studioNames: ['g1', 'g2', 'g3', 'g4'] }),
+    jobs: studio(9, { target: 'job', machine: 'T4', max_runtime: 3600, interruptible: false, grid: { seed: [5, 6] } }),
+  });
+  const dry = run(ctx, ['--dry-run']);
+  assert.strictEqual(dry.status, 0, dry.stderr);
+  for (const [entry, where] of [['sweep/seed0-learning_rate0.0001', 'ts/g1'], ['sweep/seed1-learning_rate0.00005', 'ts/g4'],
+    ['jobs/seed6', 'a job (T4, max_runtime 3600 s) in the environment of ts/s9']]) {
+    assert.ok(dry.stdout.includes(`${entry}: ${where} runs "python run.py"`), `${entry}\n${dry.stdout}`);
+  }
+  assert.match(dry.stdout, /resolved config: \{"name":"cr-seed1-learning_rate0.00005",[^\n]*"learning_rate":0.00005,[^\n]*"seed":1,/);
+  const r = run(ctx, ['--rounds', '1', '--batch-delay', '0', '--stagger', '0']);
+  assert.strictEqual(r.status, 0, r.stderr);
+  const sent = Object.fromEntries(records(ctx).map((x) => [x.env.STUDIO_ENTRY, x.env]));
+  assert.strictEqual(Object.keys(sent).length, 6);
+  assert.deepStrictEqual(JSON.parse(sent['sweep/seed0-learning_rate0.00005'].STUDIO_CONFIG),
+    { name: 'cr-seed0-learning_rate0.00005', total_steps: 1000, seed: 0, learning_rate: 5e-5 });
+  assert.strictEqual(sent['sweep/seed0-learning_rate0.00005'].STUDIO_NAME, 'g2');
+  const job = sent['jobs/seed5'];
+  assert.deepStrictEqual([job.STUDIO_TARGET, job.STUDIO_NAME, job.STUDIO_MACHINE, job.STUDIO_INTERRUPTIBLE, job.STUDIO_MAX_RUNTIME],
+    ['job', 's9', 'T4', 'false', '3600']);
+  assert.deepStrictEqual(JSON.parse(job.STUDIO_CONFIG), { seed: 5, name: 'carracing-seed5' });
+  assert.strictEqual(sent['sweep/seed0-learning_rate0.0001'].STUDIO_TARGET, '');
+});
+
+test('bad grids and job fields: one line naming the entry, exit 2, nothing started', () => {
+  const cases = [
+    [{ a: studio(1, { grid: { seed: [0, 1] } }) }, /entry "a": a studio grid of 2 runs needs "studioNames", a list of 2/],
+    [{ a: studio(1, { grid: { seed: [] }, studioNames: [] }) }, /entry "a" field "grid" key "seed" must be a non-empty list/],
+    [{ a: studio(1, { grid: [1], target: 'job' }) }, /entry "a" field "grid" must be an object/],
+    [{ a: studio(1, { grid: { name: ['x'] }, target: 'job' }) }, /cannot vary "name"/],
+    [{ a: studio(1, { config: { seed: 1 }, grid: { seed: [2] }, target: 'job' }) }, /key "seed" is in both "config" and "grid"/],
+    [{ a: studio(1, { grid: { lerning_rate: [1] }, target: 'job' }) }, /entry "a\/lerning_rate1" field "config": unknown config key 'lerning_rate'/],
+    [{ a: studio(1, { target: 'vm' }) }, /entry "a" field "target" must be "studio" or "job", got "vm"/],
+    [{ a: studio(1, { interruptible: true }) }, /entry "a" field "interruptible" applies to "target": "job" entries only/],
+    [{ a: studio(1, { target: 'job', max_runtime: 5 }) }, /entry "a" field "max_runtime" must be whole seconds >= 60, got 5/],
+    [{ a: studio(1, { target: 'job', config: { train_max_time: 20000 } }) },
+      /entry "a": train_max_time 20000 s is not below --batch-delay 14400 s/],
+    [{ a: studio(1, { studioNames: ['x'] }) }, /field "studioNames" needs a "grid"/],
+  ];
+  for (const [studios, message] of cases) {
+    const ctx = setup(studios);
+    const r = run(ctx, ['--rounds', '2', '--batch-delay', '14400']);
+    assert.strictEqual(r.status, 2, `${JSON.stringify(studios)}: ${r.stderr}`);
+    assert.strictEqual(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, message);
+    assert.ok(!r.stderr.includes('SECRET'));
+    assert.deepStrictEqual(records(ctx), []);
+  }
+});
