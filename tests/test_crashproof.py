@@ -121,9 +121,10 @@ def test_sighup_to_the_launcher_stops_the_run_cleanly(tmp_path):
 
 
 # --------------------------------------------------------------------------- exact resume after SIGKILL
-@pytest.mark.parametrize("arch", ["ann", "snn"])
-def test_sigkill_after_an_episode_checkpoint_then_resume_is_bit_exact(tmp_path, arch):
-    keys = {"architecture": arch, "total_steps": 500, "checkpoint_every": 5, "train_every": 4}
+def test_sigkill_after_an_episode_checkpoint_then_resume_is_bit_exact(tmp_path):
+    # the spiking network only: resume restores whatever network the checkpoint holds, and the ANN's bit-exact
+    # resume is pinned by tests/data/checkpoint_v1 (with n-step and PER) and the worker variant in test_actor
+    keys = {"architecture": "snn", "total_steps": 500, "checkpoint_every": 5, "train_every": 4}
     straight = tiny(tmp_path, name="straight", **keys)
     assert train.main(["--config", str(straight), "--new-run"]) == 0
     split = tiny(tmp_path, name="split", **keys)
