@@ -18,12 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import metrics  # noqa: E402
 
 
-def curve(run_dir: Path) -> tuple[list[float], list[float]]:
+def curve(run_dir: Path) -> tuple[list[float], list[float], int]:
     m = metrics.read_metrics(run_dir / "metrics.csv")
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     per_step = cfg.get("frame_skip", 4) if str(cfg.get("env_id", "CarRacing")).startswith(("CarRacing", "Fast")) else 1
     points = [(s * per_step, r) for s, r in zip(m.get("global_step", []), m.get("eval_return", [])) if not math.isnan(r)]
-    return [p[0] for p in points], [p[1] for p in points]
+    return [p[0] for p in points], [p[1] for p in points], per_step
+
+
+def best_score(run_dir: Path, per_step: int) -> tuple[float, float, int] | None:
+    """(frames, score, tracks) of a finished run's best.pt scored on fresh tracks, or None."""
+    import checkpoints
+
+    path = run_dir / checkpoints.BEST_NAME
+    ev = (checkpoints.read(path).get("evaluation") or {}) if path.is_file() else {}
+    best = checkpoints.read(path) if "score_mean" in ev else None
+    return (checkpoints.trained_steps(best) * per_step, ev["score_mean"], ev["score_episodes"]) if best else None
 
 
 def main() -> int:
@@ -39,9 +49,13 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(9, 5))
     for run in args.runs:
-        xs, ys = curve(run)
+        xs, ys, per_step = curve(run)
         if xs:
-            ax.plot([x / 1e6 for x in xs], ys, marker="o", markersize=2, linewidth=1, label=run.name)
+            line, = ax.plot([x / 1e6 for x in xs], ys, marker="o", markersize=2, linewidth=1, label=run.name)
+            scored = best_score(run, per_step)
+            if scored:  # what the run's own best.pt does on tracks that chose nothing
+                ax.plot(scored[0] / 1e6, scored[1], marker="*", markersize=14, color=line.get_color(), linestyle="none",
+                        markeredgecolor="black", label=f"{run.name}: best.pt on {scored[2]} fresh tracks ({scored[1]:.1f})")
             print(f"{run.name}: {len(xs)} evaluations, best {max(ys):.1f} at {xs[ys.index(max(ys))] / 1e6:.2f}M frames, "
                   f"first >= 900 at " + next((f"{x / 1e6:.2f}M" for x, y in zip(xs, ys) if y >= 900), "none"))
     ax.axhline(900, color="gray", linestyle="--", linewidth=1, label="solve line (900)")
