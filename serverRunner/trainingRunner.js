@@ -35,6 +35,9 @@ function usage() {
     'Usage: node serverRunner/trainingRunner.js [options]',
     '',
     'Start the studios of studios.json in batches, fire-and-forget, through serverRunner/sendReq.py.',
+    'An entry: user, apiKey, userID, teamspaceName, studioName, commandToRun; optional machine, config (conf.json',
+    'keys), grid ({"seed": [0, 1]}: a run per combination, with studioNames: one studio each), target "job" (a',
+    'Lightning Job in the studio\'s environment; interruptible, max_runtime). Details: docs/launcher.md.',
     '',
     'Options (each also settable by the environment variable in brackets):',
   ];

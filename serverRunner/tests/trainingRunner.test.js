@@ -171,7 +171,8 @@ test('--dry-run prints the plan with times and starts nothing', () => {
 test('--help explains the options', () => {
   const r = spawnSync(process.execPath, [RUNNER, '--help'], { encoding: 'utf8' });
   assert.strictEqual(r.status, 0);
-  for (const opt of ['--batch-size', '--batch-delay', '--stagger', '--rounds', '--kill-after', '--python', '--dry-run']) {
+  for (const opt of ['--batch-size', '--batch-delay', '--stagger', '--rounds', '--kill-after', '--python', '--dry-run',
+    'grid', 'studioNames', 'target "job"']) {
     assert.ok(r.stdout.includes(opt), opt);
   }
 });
