@@ -375,6 +375,10 @@ function resolveConfigs(studios, opts) {
     studio.resolved = JSON.parse(r.stdout);
     // a job is a machine of its own: were it still training when the next round's job of the same entry
     // starts, two machines would train (and push) the same run
+    if (studio.target === 'job' && opts.rounds !== 1 && !studio.resolved.upload_to_cloud) {
+      throw new BadInput(`entry "${studio.name}": a job's machine is gone when it ends, so without "upload_to_cloud": ` +
+        'true in its "config" each round\'s job would start the run from zero; set it (and the Hub keys in the studio\'s .env)');
+    }
     if (studio.target === 'job' && opts.rounds !== 1 && studio.resolved.train_max_time >= opts['batch-delay']) {
       throw new BadInput(`entry "${studio.name}": train_max_time ${studio.resolved.train_max_time} s is not below ` +
         `--batch-delay ${opts['batch-delay']} s, so its next round's job would train the same run beside it; lower ` +

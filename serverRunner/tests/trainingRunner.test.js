@@ -254,7 +254,8 @@ test('a grid expands into one run per combination, each with its own run name an
   const ctx = setup({
     sweep: studio(1, { config: { name: 'cr', total_steps: 1000 }, grid: { seed: [0, 1], learning_rate: [0.0001, 5e-5] },
       studioNames: ['g1', 'g2', 'g3', 'g4'] }),
-    jobs: studio(9, { target: 'job', machine: 'T4', max_runtime: 3600, interruptible: false, grid: { seed: [5, 6] } }),
+    jobs: studio(9, { target: 'job', machine: 'T4', max_runtime: 3600, interruptible: false, grid: { seed: [5, 6] },
+      config: { upload_to_cloud: true } }),
   });
   const dry = run(ctx, ['--dry-run']);
   assert.strictEqual(dry.status, 0, dry.stderr);
@@ -273,7 +274,7 @@ test('a grid expands into one run per combination, each with its own run name an
   const job = sent['jobs/seed5'];
   assert.deepStrictEqual([job.STUDIO_TARGET, job.STUDIO_NAME, job.STUDIO_MACHINE, job.STUDIO_INTERRUPTIBLE, job.STUDIO_MAX_RUNTIME],
     ['job', 's9', 'T4', 'false', '3600']);
-  assert.deepStrictEqual(JSON.parse(job.STUDIO_CONFIG), { seed: 5, name: 'carracing-seed5' });
+  assert.deepStrictEqual(JSON.parse(job.STUDIO_CONFIG), { upload_to_cloud: true, seed: 5, name: 'carracing-seed5' });
   assert.strictEqual(sent['sweep/seed0-learning_rate0.0001'].STUDIO_TARGET, '');
 });
 
@@ -285,10 +286,11 @@ test('bad grids and job fields: one line naming the entry, exit 2, nothing start
     [{ a: studio(1, { grid: { name: ['x'] }, target: 'job' }) }, /cannot vary "name"/],
     [{ a: studio(1, { config: { seed: 1 }, grid: { seed: [2] }, target: 'job' }) }, /key "seed" is in both "config" and "grid"/],
     [{ a: studio(1, { grid: { lerning_rate: [1] }, target: 'job' }) }, /entry "a\/lerning_rate1" field "config": unknown config key 'lerning_rate'/],
+    [{ a: studio(1, { target: 'job', config: { seed: 1 } }) }, /entry "a": a job's machine is gone when it ends, so without "upload_to_cloud"/],
     [{ a: studio(1, { target: 'vm' }) }, /entry "a" field "target" must be "studio" or "job", got "vm"/],
     [{ a: studio(1, { interruptible: true }) }, /entry "a" field "interruptible" applies to "target": "job" entries only/],
     [{ a: studio(1, { target: 'job', max_runtime: 5 }) }, /entry "a" field "max_runtime" must be whole seconds >= 60, got 5/],
-    [{ a: studio(1, { target: 'job', config: { train_max_time: 20000 } }) },
+    [{ a: studio(1, { target: 'job', config: { train_max_time: 20000, upload_to_cloud: true } }) },
       /entry "a": train_max_time 20000 s is not below --batch-delay 14400 s/],
     [{ a: studio(1, { studioNames: ['x'] }) }, /field "studioNames" needs a "grid"/],
   ];
