@@ -80,6 +80,9 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=50, help="episodes per agent (default 50)")
     p.add_argument("--seed", type=int, default=0, help="first track seed (default 0, as evaluate.py)")
     args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # one decision at a time, as evaluate.py (docs/benchmarks.md#evaluation-threads)
     results = [laps(path, args.episodes, args.seed) for path in args.checkpoints]
     print("| agent | average | laps finished | frames per finished lap | end of track not reached (too slow) | "
           "tiles skipped before it (tiles per episode) | median tiles visited | mean speed | gas / nothing / steer / brake |")
