@@ -126,7 +126,7 @@ def _keys() -> list[Key]:
           "far is kept as `runs/<run>/best.pt` (weights + config, the `--export` format); `python evaluate.py --run"
           " DIR --best` plays it.", low=1),
         K("eval_candidates", 3, "int", "The best in-run evaluations whose weights are kept as candidates (in "
-          "`.candidates/`) for the confirmation at the run's end; 0 = off.", low=0, high=20),
+          "`candidates/`, mirrored with the run) for the confirmation at the run's end; 0 = off.", low=0, high=20),
         K("eval_confirm_episodes", 50, "int", "When the run finishes, each candidate plays this many more full greedy "
           "episodes on seeds 20000+, `best.pt` becomes the one with the best mean over both sets, and its score is its "
           "mean on as many fresh tracks (seeds 30000+; docs/results.md#from-scratch). 0 = off.", low=0, high=1000),

@@ -21,10 +21,11 @@ CONFIG_ENV = "SNNDQN_CONFIG"  # every script: the path of the resolved config JS
 NEW_RUN_ENV = "SNNDQN_NEW_RUN"  # "1" when this bout starts the run anew
 RUN_LOCK_FD_ENV = "SNNDQN_RUN_LOCK_FD"  # the descriptor of the run's lock, taken by the launcher and inherited
 STATUS_NAME = "status.json"
+CANDIDATES = "candidates"  # best.pt's candidates, confirmed when the run finishes (heldout.py)
 # What a run folder holds (README's run-folder contract); a new run under the same name moves all of it, and
 # anything else found there, to archive/<time>/. Kept in place: archive/ itself, the lock and launch configs.
-RUN_FOLDER = ("config.json", "checkpoints", "best.pt", "metrics.csv", STATUS_NAME, "tensorboard", "plots", "videos",
-              "evaluation.md", "evaluation.csv", "wandb")
+RUN_FOLDER = ("config.json", "checkpoints", "best.pt", CANDIDATES, "metrics.csv", STATUS_NAME, "tensorboard", "plots",
+              "videos", "evaluation.md", "evaluation.csv", "wandb")
 KEPT_ON_NEW_RUN = ("archive", ".lock")
 LAUNCH_CONFIG_PREFIX = ".launch-config"
 

@@ -4,7 +4,8 @@ Held-out tracks are the seeds EVAL_SEED, EVAL_SEED+1, ... — never the evaluati
 full greedy episodes without the training aids (lenient termination, skip penalty).
 
 Choosing the best of many noisy evaluations favours a lucky one, so the in-run winner is confirmed before a
-run ends: the best `eval_candidates` evaluations' weights are kept in `.candidates/`, and when the run
+run ends: the best `eval_candidates` evaluations' weights are kept in `candidates/` (mirrored to the Hub with
+the run, so a fresh machine confirms them too), and when the run
 finishes each plays `eval_confirm_episodes` more tracks (seeds CONFIRM_SEED+); best.pt becomes the candidate
 with the best mean over both sets. That mean still favours the winner (it chose it), so the winner then plays
 as many tracks again that no choice has seen (seeds SCORE_SEED+): their mean is the score best.pt carries, an
@@ -22,6 +23,7 @@ import numpy as np
 
 import agents
 import checkpoints
+import contract
 import envs
 import models
 from utils import kv_line
@@ -29,7 +31,8 @@ from utils import kv_line
 EVAL_SEED = 10_000
 CONFIRM_SEED = 20_000  # the second held-out set that confirms the candidates
 SCORE_SEED = 30_000  # the third: scores the confirmed winner, chosen by neither set before
-CANDIDATES = ".candidates"  # in the run folder (not mirrored: best.pt is)
+CANDIDATES = contract.CANDIDATES  # in the run folder, mirrored with it
+FORMER_CANDIDATES = ".candidates"  # where runs before the mirror kept them (moved on first use)
 
 
 def returns(cfg, greedy: Callable, episodes: int, actor=None) -> list[float]:
@@ -99,6 +102,12 @@ def record_gif(cfg, greedy: Callable, run_dir: Path, episode: int, log: Callable
 
 # --------------------------------------------------------------------------- confirming the best
 def _candidates(folder: Path) -> list[tuple[Path, dict]]:
+    former = folder.parent / FORMER_CANDIDATES
+    if former.is_dir():  # a run from before the candidates were mirrored
+        folder.mkdir(exist_ok=True)
+        for path in former.glob("cand_*.pt"):
+            path.replace(folder / path.name)
+        shutil.rmtree(former, ignore_errors=True)
     out = []
     for path in sorted(folder.glob("cand_*.pt")) if folder.is_dir() else []:
         try:

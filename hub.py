@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import checkpoints
+from contract import CANDIDATES
 from envfile import HUB_ENV_KEYS as ENV_KEYS
 
 
@@ -87,6 +88,7 @@ class HubMirror:
         self.uploads_enabled = bool(self.write_token)
         self._pushed: dict[str, tuple[int, int]] = {}  # rel path -> (size, mtime_ns) last sent
         self._remote_ckpts: set[str] | None = None  # paths under checkpoints/ on the Hub
+        self._remote_cands: set[str] | None = None  # paths of candidates/ on the Hub (relative to the run)
         self.archive_pending: str | None = None  # a new run: move the Hub folder to archive/<this>/ first
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -161,7 +163,7 @@ class HubMirror:
                 self._push_once()
                 return
             except Exception as e:  # classify: wrong token, or a network problem worth retrying
-                self._remote_ckpts = None  # what the Hub holds is read anew before the next try
+                self._remote_ckpts = self._remote_cands = None  # what the Hub holds is read anew before the next try
                 if isinstance(e, FileNotFoundError):  # a file pruned while its upload was pending: a newer
                     return  # checkpoint's push is already asked for
                 status = self._status(e)
@@ -193,6 +195,12 @@ class HubMirror:
             self._remote_ckpts = {p[len("checkpoints/"):] for p in self.list_remote("checkpoints")}
         return self._remote_ckpts
 
+    def _remote_candidates(self) -> set[str]:
+        """Paths under candidates/ on the Hub (a candidate pruned here is deleted there)."""
+        if self._remote_cands is None:
+            self._remote_cands = set(self.list_remote(CANDIDATES))
+        return self._remote_cands
+
     def start_new_run(self, stamp: str) -> None:
         """A new run under this name: its first push moves the Hub folder's files to archive/<stamp>/."""
         self.archive_pending = stamp
@@ -210,7 +218,7 @@ class HubMirror:
                                    commit_message=f"{self.prefix}: new run, previous one archived")
             self.log(f"new run: the previous run's {len(files)} files on the Hub were moved to {dest}/")
         self.archive_pending = None
-        self._remote_ckpts = None
+        self._remote_ckpts = self._remote_cands = None
 
     def _push_once(self) -> None:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -260,6 +268,8 @@ class HubMirror:
         if needed is not None:
             stale |= {n for n in remote if n.startswith(f"{checkpoints.SEGMENT_DIR}/") and Path(n).name not in needed}
         ops += [CommitOperationDelete(path_in_repo=f"{self.prefix}/checkpoints/{name}") for name in sorted(stale)]
+        dropped = self._remote_candidates() - {r for r in local if r.startswith(f"{CANDIDATES}/")}
+        ops += [CommitOperationDelete(path_in_repo=f"{self.prefix}/{rel}") for rel in sorted(dropped)]
         if not ops:
             return
         newest = max(keep, default="none")
@@ -267,6 +277,7 @@ class HubMirror:
                                commit_message=f"{self.prefix}: {newest}")
         self._pushed.update(sent)
         self._remote_ckpts = (remote - stale) | {r[len("checkpoints/"):] for r in sent if r.startswith("checkpoints/")}
+        self._remote_cands = (self._remote_cands - dropped) | {r for r in sent if r.startswith(f"{CANDIDATES}/")}
         self.pushes += 1
         if not self.local_backup:
             self._drop_local_copies(keep)
@@ -334,9 +345,10 @@ class HubMirror:
                 continue
             segments = self._fetch_segments(ckpt)
             checkpoints.record(dest.parent, name, checkpoints.sha256_of(dest), dest.stat().st_size, segments, self.keep)
-            for rel in self.list_remote():
-                if rel == "metrics.csv" or rel.startswith("plots/"):
+            for rel in self.list_remote():  # the run's history and what its confirmation needs
+                if rel in ("metrics.csv", checkpoints.BEST_NAME) or rel.startswith(("plots/", f"{CANDIDATES}/")):
                     self.download(rel, self.run_dir / rel)
+                    self._pushed[rel] = _stamp(self.run_dir / rel)
             self._pushed[f"checkpoints/{name}"] = _stamp(dest)
             where = "no local checkpoint" if local_step is None else f"the local one is at step {local_step}"
             self.log(f"took checkpoint {name} (step {step}) from {self.repo_id}/{self.prefix}: {where}")

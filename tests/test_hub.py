@@ -109,6 +109,39 @@ def test_fresh_machine_resumes_from_the_hub(server, tmp_path, capsys):
     assert contract.read_status(run_dir(second))["global_step"] == 400
 
 
+def test_best_pt_and_its_candidates_are_mirrored_and_come_back_on_a_fresh_machine(server, tmp_path, capsys):
+    keys = {"eval_every": 2, "eval_episodes": 1, "eval_candidates": 2, "eval_confirm_episodes": 2}
+    first = config(tmp_path, total_steps=200, **keys)
+    assert train.main(["--config", str(first), "--new-run"]) == 0
+    prefix = "studio-a/hubrun/"
+    local = sorted(p.name for p in (run_dir(first) / "candidates").glob("cand_*.pt"))
+    remote = sorted(r[len(prefix + "candidates/"):] for r in remote_files(server) if r.startswith(prefix + "candidates/"))
+    assert len(local) == 2 and remote == local  # the ones pruned on the way were deleted there too
+    best = (run_dir(first) / "best.pt").read_bytes()
+    shutil.rmtree(run_dir(first))  # the studio's disk is gone
+    capsys.readouterr()
+    second = config(tmp_path, total_steps=400, **{**keys, "eval_every": 1000})  # no evaluation of its own
+    assert train.main(["--config", str(second)]) == 0
+    out = capsys.readouterr().out
+    for name in local:  # the first machine's candidates took part in the confirmation
+        assert f"confirm candidate={name}" in out
+    assert (run_dir(second) / "best.pt").read_bytes() == best  # the same winner, scored the same
+
+
+def test_a_run_from_before_the_mirror_keeps_its_candidates(tmp_path):
+    import heldout
+
+    run = tmp_path / "run"
+    former = run / heldout.FORMER_CANDIDATES
+    former.mkdir(parents=True)
+    small = {"config": {}, "obs_shape": [4], "n_actions": 2, "q_network": {}, "trained": {"global_step": 100}}
+    checkpoints.write_best(former / "cand_0000000100.pt", small, {"mean": 7.0, "episodes": 1})
+    (former / "cand_0000000200.pt").write_bytes(b"torn")  # a killed write: not a candidate
+    (kept,) = heldout._candidates(run / heldout.CANDIDATES)
+    assert kept[0] == run / heldout.CANDIDATES / "cand_0000000100.pt" and kept[1]["evaluation"]["mean"] == 7.0
+    assert not former.exists()
+
+
 def test_the_hub_down_at_start_never_restarts_the_run_or_archives_the_hubs(server, tmp_path, capsys, monkeypatch):
     """A fresh machine while the Hub answers 503: the trainer asks again, then stops with one line; it
     neither starts from step 0 nor archives the Hub's run. Once the Hub answers, the run resumes from it."""
