@@ -13,7 +13,9 @@ is a high percentile of the ReLU layer's activations on frames the agent itself 
 about activation / lambda_l. The first fully connected layer, which read the activations, reads the spikes with
 its weights times lambda_3, and keeps its leaky neurons; the readout is unchanged. Nothing is trained; the
 frames come from greedy episodes of the agent on calibration tracks (seeds 50000+, never an evaluation set).
-The file is an agent file like `--export`'s, whose lineage ends with the conversion. Fine-tune it with
+Which percentile carries an agent best depends on its activations' tails, so by default (`--percentile auto`)
+each of PERCENTILES is tried and the one whose network chooses the hybrid's greedy action on the most
+calibration frames is kept. The file is an agent file like `--export`'s, whose lineage ends with the conversion. Fine-tune it with
 `init_weights` (and the hybrid as `teacher`) in a run with `"snn_mode": "full"`. Evidence and numbers:
 docs/results.md#a-fully-spiking-agent.
 """
@@ -34,6 +36,7 @@ from config import ConfigError, as_trained, load_config, one_line_cli_errors
 
 CALIBRATION_SEED = 50_000  # tracks for the activation statistics: no evaluation set uses them
 CONV_BETA = 1.0  # integrate-and-fire: a leak would lower every rate below activation / lambda
+PERCENTILES = (99.0, 99.5, 99.9, 99.99)  # what --percentile auto tries
 
 
 def calibration_frames(cfg, net: torch.nn.Module, decisions: int) -> torch.Tensor:
@@ -125,6 +128,27 @@ def convert(ckpt: dict, frames: torch.Tensor, percentile: float, time_steps: int
     return out
 
 
+def agreement(ckpt: dict, converted: dict, frames: torch.Tensor) -> float:
+    """The share of `frames` on which the converted network's greedy action is the hybrid's."""
+    _, hybrid = agents.build_network(ckpt, "cpu")
+    _, full = agents.build_network(converted, "cpu")
+    with torch.no_grad():
+        return float(torch.cat([(full(f).argmax(1) == hybrid(f).argmax(1)) for f in frames.split(250)]).float().mean())
+
+
+def convert_best(ckpt: dict, frames: torch.Tensor, time_steps: int, source: str, log=print) -> dict:
+    """`convert` at each of PERCENTILES; the file whose network agrees most with the hybrid's actions."""
+    best = None
+    for percentile in PERCENTILES:
+        made = convert(ckpt, frames, percentile, time_steps, source)
+        share = agreement(ckpt, made, frames)
+        log(f"percentile {percentile:g}: the hybrid's action on {share:.1%} of the calibration frames")
+        made["lineage"][-1]["conversion"]["agreement"] = share
+        if best is None or share > best[0]:
+            best = (share, made)
+    return best[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH", help="the fully spiking agent file to write")
     p.add_argument("--time-steps", type=int, default=None, metavar="T",
                    help="time steps of the converted network (default: the agent's snn_tSteps)")
-    p.add_argument("--percentile", type=float, default=99.9,
-                   help="percentile of each layer's activations taken as its full rate (default 99.9)")
+    p.add_argument("--percentile", default="auto",
+                   help="percentile of each layer's activations taken as its full rate, or auto (default): the one of "
+                        f"{', '.join(f'{q:g}' for q in PERCENTILES)} that best keeps the hybrid's actions")
     p.add_argument("--calibration-steps", type=int, default=1000, metavar="N",
                    help="decisions of the agent whose frames measure the activations (default 1000, ~4 episodes)")
     return p
@@ -144,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     one_line_cli_errors(parser, "convert.py")
     try:
         args = parser.parse_args(argv)
-        if not 50 <= args.percentile <= 100:
-            raise ConfigError(f"--percentile must be between 50 and 100, got {args.percentile:g}")
+        if args.percentile != "auto":
+            try:
+                args.percentile = float(args.percentile)
+            except ValueError:
+                raise ConfigError(f"--percentile must be a number or auto, got {args.percentile!r}") from None
+            if not 50 <= args.percentile <= 100:
+                raise ConfigError(f"--percentile must be between 50 and 100, got {args.percentile:g}")
         if args.calibration_steps < 1 or (args.time_steps is not None and not 1 <= args.time_steps <= 1000):
             raise ConfigError("--calibration-steps must be at least 1 and --time-steps between 1 and 1000")
         out = Path(args.out)
@@ -158,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibration: {args.calibration_steps} greedy decisions of {Path(str(path)).name} on tracks "
               f"{CALIBRATION_SEED}+", flush=True)
         frames = calibration_frames(cfg, hybrid, args.calibration_steps)
-        converted = convert(ckpt, frames, args.percentile, args.time_steps or cfg.snn_tSteps, str(args.agent))
+        steps = args.time_steps or cfg.snn_tSteps
+        converted = (convert_best(ckpt, frames, steps, str(args.agent)) if args.percentile == "auto" else
+                     convert(ckpt, frames, args.percentile, steps, str(args.agent)))
         checkpoints.write_best(out, converted, None)
         conv = converted["lineage"][-1]["conversion"]
         print(f"written: {out} (snn_mode full, T = {conv['time_steps']}, scales "
-              f"{', '.join(f'{s:.3f}' for s in conv['scales'])} at the {args.percentile:g}th percentile)")
+              f"{', '.join(f'{s:.3f}' for s in conv['scales'])} at the {conv['percentile']:g}th percentile)")
         return 0
     except ConfigError as e:
         print(f"convert.py: error: {e}", file=sys.stderr)

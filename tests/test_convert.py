@@ -66,6 +66,18 @@ def test_the_converted_network_approaches_the_hybrid_as_its_time_steps_grow():
     assert abs(rates[200]) < 0.005 < abs(rates[10])  # the hidden layer fires as in the hybrid
 
 
+def test_auto_keeps_the_percentile_whose_network_keeps_most_of_the_hybrids_actions(monkeypatch):
+    _, ckpt = hybrid()
+    monkeypatch.setattr(convert, "PERCENTILES", (90.0, 99.0, 100.0))
+    lines = []
+    made = convert.convert_best(ckpt, FRAMES[:32], 25, "tiny.pt", log=lines.append)
+    shares = {q: convert.agreement(ckpt, convert.convert(ckpt, FRAMES[:32], q, 25, "tiny.pt"), FRAMES[:32])
+              for q in convert.PERCENTILES}
+    assert made["lineage"][-1]["conversion"]["percentile"] == max(shares, key=shares.get)
+    assert made["lineage"][-1]["conversion"]["agreement"] == max(shares.values())
+    assert len(lines) == 3 and all("of the calibration frames" in ln for ln in lines)
+
+
 def test_the_cli_writes_an_agent_file_with_its_lineage_and_refuses_what_it_cannot_convert(tmp_path, capsys):
     _, ckpt = hybrid()
     source = tmp_path / "hybrid.pt"
@@ -75,6 +87,7 @@ def test_the_cli_writes_an_agent_file_with_its_lineage_and_refuses_what_it_canno
                         "30", "--time-steps", "8"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "calibration: 30 greedy decisions" in r.stdout and f"written: {out} (snn_mode full, T = 8" in r.stdout
+    assert r.stdout.count("of the calibration frames") == len(convert.PERCENTILES)  # auto, the default
     made = checkpoints.read(out)
     cfg, full = agents.build_network(made, "cpu", out)
     assert cfg.snn_mode == "full" and cfg.snn_tSteps == 8
@@ -88,6 +101,7 @@ def test_the_cli_writes_an_agent_file_with_its_lineage_and_refuses_what_it_canno
     checkpoints.write_best(ann, ann_ckpt, None)
     for args, message in (([str(ann)], "is not a hybrid spiking agent"),
                           ([str(source), "--percentile", "10"], "--percentile must be between 50 and 100"),
+                          ([str(source), "--percentile", "most"], "--percentile must be a number or auto"),
                           ([str(source), "--out", str(tmp_path)], "is a folder"),
                           ([str(tmp_path / "none.pt")], "none.pt")):
         argv = args if "--out" in args else [*args, "--out", str(tmp_path / "x.pt")]
