@@ -117,31 +117,35 @@ def convert(ckpt: dict, frames: torch.Tensor, percentile: float, time_steps: int
         for key in ("threshold", "graded_spikes_factor", "reset_mechanism_val", "beta"):
             dst[f"lifs.{a}.{key}"] = src[f"lifs.{b}.{key}"]
     full.load_state_dict(dst)
-    stage = {"run": "ann-to-snn conversion", "agent_steps": 0, "frames": 0, "init_weights": source, "teacher": None,
+    stage = {**checkpoints.stage(config, 0, 1), "run": "ann-to-snn conversion", "init_weights": source, "teacher": None,
              "conversion": {"percentile": percentile, "scales": scales, "calibration_decisions": int(len(frames)),
                             "calibration_seeds": f"{CALIBRATION_SEED}+", "conv_beta": CONV_BETA,
-                            "time_steps": int(time_steps)},
-             "config": {k: v for k, v in config.items() if k not in ("runs_dir", "device", "continue_run")}}
+                            "time_steps": int(time_steps)}}
     out = checkpoints.weights_only({**ckpt, "config": config, "q_network": full.state_dict()})
     out["lineage"] = checkpoints.lineage(ckpt) + [stage]
     out.pop("evaluation", None)  # the hybrid's score is not the converted agent's
     return out
 
 
-def agreement(ckpt: dict, converted: dict, frames: torch.Tensor) -> float:
-    """The share of `frames` on which the converted network's greedy action is the hybrid's."""
-    _, hybrid = agents.build_network(ckpt, "cpu")
-    _, full = agents.build_network(converted, "cpu")
+def greedy_actions(agent: dict, frames: torch.Tensor) -> torch.Tensor:
+    """The greedy action of an agent file's network on each of `frames`."""
+    _, net = agents.build_network(agent, "cpu")
     with torch.no_grad():
-        return float(torch.cat([(full(f).argmax(1) == hybrid(f).argmax(1)) for f in frames.split(250)]).float().mean())
+        return torch.cat([net(f).argmax(1) for f in frames.split(250)])
+
+
+def agreement(ckpt: dict, converted: dict, frames: torch.Tensor, hybrid_actions: torch.Tensor | None = None) -> float:
+    """The share of `frames` on which the converted network's greedy action is the hybrid's."""
+    wanted = greedy_actions(ckpt, frames) if hybrid_actions is None else hybrid_actions
+    return float((greedy_actions(converted, frames) == wanted).float().mean())
 
 
 def convert_best(ckpt: dict, frames: torch.Tensor, time_steps: int, source: str, log=print) -> dict:
     """`convert` at each of PERCENTILES; the file whose network agrees most with the hybrid's actions."""
-    best = None
+    best, wanted = None, greedy_actions(ckpt, frames)  # the hybrid's actions, once
     for percentile in PERCENTILES:
         made = convert(ckpt, frames, percentile, time_steps, source)
-        share = agreement(ckpt, made, frames)
+        share = agreement(ckpt, made, frames, wanted)
         log(f"percentile {percentile:g}: the hybrid's action on {share:.1%} of the calibration frames")
         made["lineage"][-1]["conversion"]["agreement"] = share
         if best is None or share > best[0]:

@@ -148,14 +148,15 @@ def confirm_best(cfg, run_dir: Path, log: Callable[[str], None]) -> dict | None:
             confirm = _mean_return(cfg, cand, path, [CONFIRM_SEED + i for i in range(n)])
             ev = {**ev, "confirm_mean": confirm, "confirm_episodes": n, "confirm_seeds": f"{CONFIRM_SEED}+",
                   "combined_mean": (ev["mean"] * ev["episodes"] + confirm * n) / (ev["episodes"] + n)}
-            ev.pop("score_mean", None)
+            for key in ("score_mean", "score_episodes", "score_seeds"):  # a new confirmation: scored anew
+                ev.pop(key, None)
             checkpoints.write_best(path, cand, ev)
         log(kv_line("confirm", candidate=path.name, in_run=round(ev["mean"], 2), confirm=round(ev["confirm_mean"], 2),
                     combined=round(ev["combined_mean"], 2)))
         if best is None or ev["combined_mean"] > best[2]["combined_mean"]:
             best = (path, cand, ev)
     path, cand, ev = best
-    if ev.get("score_episodes") != n or "score_mean" not in ev:
+    if ev.get("score_episodes") != n:
         ev = {**ev, "score_mean": _mean_return(cfg, cand, path, [SCORE_SEED + i for i in range(n)]),
               "score_episodes": n, "score_seeds": f"{SCORE_SEED}+"}
         checkpoints.write_best(path, cand, ev)
